@@ -1,0 +1,294 @@
+"""DICOM JSON (PS3.18 Annex F): the language between connectors and views.
+
+A dataset is a `dict[str, dict]` keyed by the uppercase 8-hex tag. This module builds such
+attributes from plain values (DB rows, C-FIND answers) and from pydicom datasets, trims search
+answers to the attributes of their level (PS3.18 10.6.3.3), and sets the gateway's URLs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.dataelem import DataElement
+
+from .query import SOP_UID, SERIES_UID, STUDY_UID, Level, SearchQuery
+
+JsonDataset = dict[str, dict[str, Any]]
+
+_NUMBER_STRING_VRS = {"IS", "DS"}
+_BINARY_NUMBER_VRS = {"US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"}
+_BULK_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+_SINGLE_VALUED_TEXT_VRS = {"LT", "ST", "UT", "UR"}  # never split on backslash (PS3.5 6.2)
+
+
+def key(tag: int) -> str:
+    """PS3.18 F.2.1.1: the attribute's key is its tag as 8 uppercase hex digits."""
+    return f"{tag:08X}"
+
+
+def tag_of(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return tag
+
+
+def _t(*keywords: str) -> tuple[int, ...]:
+    return tuple(tag_of(k) for k in keywords)
+
+
+#: PS3.18 Table 10.6.3-3 (study), 10.6.3-4 (series), 10.6.3-5 (instance) return attributes.
+STUDY_ATTRIBUTES = _t(
+    "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability", "ModalitiesInStudy",
+    "ReferringPhysicianName", "RetrieveURL", "PatientName", "PatientID", "PatientBirthDate",
+    "PatientSex", "StudyInstanceUID", "StudyID", "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+)
+SERIES_ATTRIBUTES = _t(
+    "Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
+    "NumberOfSeriesRelatedInstances", "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime", "RetrieveURL",
+)
+INSTANCE_ATTRIBUTES = _t(
+    "SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "InstanceNumber", "Rows", "Columns",
+    "BitsAllocated", "NumberOfFrames", "RetrieveURL",
+)
+#: Conditional attributes of those tables ("if known"): kept when the backend has them.
+CONDITIONAL_ATTRIBUTES = _t("TimezoneOffsetFromUTC", "RequestAttributesSequence")
+#: Study-level keys a search at SERIES or IMAGE level can still match on and return.
+PATIENT_STUDY_KEYS = _t(
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+    "ReferringPhysicianName", "StudyDescription",
+)
+
+LEVEL_ATTRIBUTES = {
+    Level.STUDY: STUDY_ATTRIBUTES,
+    Level.SERIES: SERIES_ATTRIBUTES,
+    Level.IMAGE: INSTANCE_ATTRIBUTES,
+}
+
+
+def return_tags(query: SearchQuery, scoped_study: bool, scoped_series: bool) -> tuple[int, ...]:
+    """Every tag an answer to `query` carries (PS3.18 10.6.3.3): the level's attributes, those
+    of the higher levels not fixed by the path, the matching keys and the includefields."""
+    tags: list[int] = list(LEVEL_ATTRIBUTES[query.level])
+    if query.level is not Level.STUDY:
+        tags.append(STUDY_UID)
+        if not scoped_study:
+            tags.extend(STUDY_ATTRIBUTES)
+    if query.level is Level.IMAGE:
+        tags.append(SERIES_UID)
+        if not scoped_series:
+            tags.extend(SERIES_ATTRIBUTES)
+    tags.extend(m.tag for m in query.matches)
+    tags.extend(query.includefields)
+    return tuple(dict.fromkeys(tags))
+
+
+def _json_number(vr: str, value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    text = str(value).strip()
+    if text == "":
+        return None
+    try:
+        number = float(text) if vr in ("DS", "FL", "FD") else int(text)
+    except ValueError:
+        return text  # PS3.18 F.2.3.1 allows a string where the number cannot be represented
+    return number
+
+
+def _json_string(vr: str, value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.strftime({"DA": "%Y%m%d", "TM": "%H%M%S"}.get(vr, "%Y%m%d%H%M%S"))
+    if isinstance(value, dt.date):
+        return value.strftime("%Y%m%d")
+    if isinstance(value, dt.time):
+        return value.strftime("%H%M%S")
+    text = str(value)
+    text = text.rstrip(" \x00") if vr != "UI" else text.rstrip("\x00 ")
+    if vr not in _SINGLE_VALUED_TEXT_VRS:
+        text = text.strip(" ")
+    return text if text != "" else None
+
+
+def _person_name(value: str) -> dict[str, str] | None:
+    """PS3.18 F.2.2: a PN value is an object with Alphabetic / Ideographic / Phonetic groups."""
+    groups = str(value).rstrip(" ").split("=")
+    named = {
+        name: group
+        for name, group in zip(("Alphabetic", "Ideographic", "Phonetic"), groups)
+        if group != ""
+    }
+    return named or None
+
+
+def _split(vr: str, value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str) and vr not in _SINGLE_VALUED_TEXT_VRS and "\\" in value:
+        return value.split("\\")
+    return [value]
+
+
+def attribute(tag: int, value: Any, vr: str | None = None) -> dict[str, Any]:
+    """One JSON attribute from a plain value: a string (backslash-separated for several
+    values), a number, a date, a list, or None for an empty attribute (no `Value`)."""
+    vr = vr or dictionary_VR(tag)
+    if vr == "US or SS":
+        vr = "US"
+    out: dict[str, Any] = {"vr": vr}
+    if value is None or value == "" or value == []:
+        return out
+    items: list[Any] = []
+    for item in _split(vr, value):
+        if vr == "PN":
+            items.append(_person_name(item) if item is not None else None)
+        elif vr in _NUMBER_STRING_VRS or vr in _BINARY_NUMBER_VRS:
+            items.append(_json_number(vr, item) if item is not None else None)
+        elif vr == "AT":
+            items.append(f"{int(item):08X}" if isinstance(item, int) else str(item).upper())
+        else:
+            items.append(_json_string(vr, item) if item is not None else None)
+    if all(v is None for v in items):
+        return out
+    out["Value"] = items
+    return out
+
+
+def dataset(values: Mapping[int, Any]) -> JsonDataset:
+    """A JSON dataset from `{tag: plain value}`, keys sorted (PS3.18 F.2.1.1)."""
+    return {key(tag): attribute(tag, values[tag]) for tag in sorted(values)}
+
+
+#: Builds a BulkDataURI from the element's tag path, e.g. ("7FE00010",) or
+#: ("00880200", "0", "7FE00010") for the Pixel Data of the first icon image item.
+BulkHandler = Callable[[tuple[str, ...]], str]
+
+
+def bulk_uri(base: str, study: str, series: str, instance: str, path: tuple[str, ...]) -> str:
+    """The gateway's BulkDataURI for an element of an instance (the WADO-RS bulk resource)."""
+    return f"{base}/studies/{study}/series/{series}/instances/{instance}/bulk/{'/'.join(path)}"
+
+
+def from_pydicom(ds: Dataset, bulk: BulkHandler | None = None) -> JsonDataset:
+    """A pydicom dataset as DICOM JSON. Binary values (OB, OW, ..., UN) become BulkDataURIs made
+    by `bulk` from their tag path or, without it, are left out. Text is already decoded by
+    pydicom from its SpecificCharacterSet, so SpecificCharacterSet is dropped (JSON is UTF-8)."""
+    return _from_pydicom(ds, (), bulk)
+
+
+def _from_pydicom(ds: Dataset, path: tuple[str, ...], bulk: BulkHandler | None) -> JsonDataset:
+    out: JsonDataset = {}
+    for elem in ds:
+        tag_key = key(int(elem.tag))
+        if elem.tag.element == 0 or tag_key == "00080005":
+            continue
+        if elem.VR == "SQ":
+            items = [
+                _from_pydicom(item, (*path, tag_key, str(i)), bulk)
+                for i, item in enumerate(elem.value)
+            ]
+            out[tag_key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        elif elem.VR in _BULK_VRS or elem.tag == 0x7FE00010:
+            if bulk is None:
+                continue
+            vr = elem.VR if elem.VR in _BULK_VRS else "OW"
+            out[tag_key] = {"vr": vr}
+            if elem.value is not None and len(elem.value) > 0:
+                out[tag_key]["BulkDataURI"] = bulk((*path, tag_key))
+        else:
+            out[tag_key] = _plain_element(elem)
+    return {k: out[k] for k in sorted(out)}
+
+
+def _plain_element(elem: DataElement) -> dict[str, Any]:
+    vr = elem.VR
+    if vr in ("US or SS", "US or OW", "OB or OW"):
+        vr = "US"
+    value = elem.value
+    if value is None or value == "":
+        return {"vr": vr}
+    values = list(value) if elem.VM > 1 or isinstance(value, (list, tuple)) else [value]
+    if vr == "PN":
+        return _with_values(vr, [_person_name(str(v)) if v is not None else None for v in values])
+    if vr == "AT":
+        return _with_values(vr, [f"{int(v):08X}" for v in values])
+    if vr in _NUMBER_STRING_VRS or vr in _BINARY_NUMBER_VRS:
+        return _with_values(vr, [_json_number(vr, v) for v in values])
+    return _with_values(vr, [_json_string(vr, v) if v is not None else None for v in values])
+
+
+def _with_values(vr: str, values: list[Any]) -> dict[str, Any]:
+    if all(v is None for v in values):
+        return {"vr": vr}
+    return {"vr": vr, "Value": values}
+
+
+def normalise(data: Mapping[str, Any], drop_binary: bool = False) -> JsonDataset:
+    """Fixes what other producers get wrong: lowercase keys, group lengths, a
+    SpecificCharacterSet that no longer applies, `Value: []` and `Value: [""]`."""
+    out: JsonDataset = {}
+    for raw_key in sorted(data, key=str.upper):
+        tag_key = raw_key.upper()
+        if tag_key[4:] == "0000" or tag_key == "00080005":
+            continue
+        attr = dict(data[raw_key])
+        vr = attr.get("vr", "UN")
+        if drop_binary and vr in _BULK_VRS and "Value" not in attr:
+            continue
+        if "InlineBinary" in attr and drop_binary:
+            continue
+        value = attr.get("Value")
+        if value is not None:
+            if vr == "SQ":
+                attr["Value"] = [normalise(item, drop_binary) for item in value]
+            elif all(v is None or v == "" for v in value):
+                del attr["Value"]
+        out[tag_key] = attr
+    return out
+
+
+def first(data: Mapping[str, Any], tag: int) -> Any:
+    """The first value of an attribute, or None."""
+    value = data.get(key(tag), {}).get("Value")
+    return value[0] if value else None
+
+
+def uid_of(data: Mapping[str, Any], level: Level) -> str | None:
+    return first(data, {Level.STUDY: STUDY_UID, Level.SERIES: SERIES_UID, Level.IMAGE: SOP_UID}[level])
+
+
+def retrieve_url(base: str, data: Mapping[str, Any], level: Level) -> str:
+    """The gateway URL of the resource an answer describes (RetrieveURL, PS3.18 10.6.3.3)."""
+    url = f"{base}/studies/{first(data, STUDY_UID)}"
+    if level in (Level.SERIES, Level.IMAGE):
+        url += f"/series/{first(data, SERIES_UID)}"
+    if level is Level.IMAGE:
+        url += f"/instances/{first(data, SOP_UID)}"
+    return url
+
+
+def trim(data: Mapping[str, Any], tags: Iterable[int], include_all: bool) -> JsonDataset:
+    """An answer limited to `tags` (all of it with includefield=all); a required attribute the
+    backend did not give is present without a value (PS3.18 10.6.3.3)."""
+    wanted = {key(t): t for t in tags}
+    conditional = {key(t) for t in CONDITIONAL_ATTRIBUTES}
+    out: JsonDataset = {}
+    for k, tag in wanted.items():
+        if k in data:
+            out[k] = dict(data[k])
+        elif k not in conditional:
+            out[k] = attribute(tag, None)
+    if include_all:
+        for k, attr in data.items():
+            out.setdefault(k, dict(attr))
+    return {k: out[k] for k in sorted(out)}
