@@ -1,0 +1,65 @@
+"""DICOMweb gateway: one QIDO-RS / WADO-RS endpoint over DB, DICOM and DICOM_WEB archives."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from dataclasses import dataclass
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .engine import Backend, Engine
+from .settings import Settings
+
+log = logging.getLogger("gateway")
+
+
+@dataclass
+class Gateway:
+    """What the blueprints share: the settings and the engine over the built connectors."""
+
+    settings: Settings
+    engine: Engine
+
+    @property
+    def max_results(self) -> int:
+        return self.settings.gateway.max_results
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The application factory. Without `settings`, loads the file named by GATEWAY_CONFIG
+    (default `config/gateway.yml`); builds the demo archive when configured."""
+    from . import web
+    from .config import load_settings
+    from .connectors import build_connector
+    from .views import ops, qido, wado
+
+    if settings is None:
+        settings = load_settings()
+    if settings.gateway.demo_archive is not None:
+        from .demo import ensure_demo_archive
+
+        ensure_demo_archive(settings.gateway.demo_archive.directory)
+    backends = [Backend(build_connector(c, settings), c) for c in settings.connectors]
+    gw = Gateway(settings, Engine(backends))
+    log.info("connectors: %s; default: %s", [c.id for c in settings.connectors], list(settings.default))
+
+    app = Flask(__name__)
+    app.extensions["gateway"] = gw
+    if settings.gateway.trust_proxy:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)  # type: ignore[method-assign]
+    web.install(app)
+    app.register_blueprint(ops.bp)
+    for blueprint in (qido.bp, wado.bp):
+        app.register_blueprint(blueprint, url_prefix="/dicomweb")
+        app.register_blueprint(
+            blueprint,
+            url_prefix="/archives/<connector_id>/dicomweb",
+            name=f"{blueprint.name}_archive",
+        )
+    atexit.register(gw.close)
+    return app

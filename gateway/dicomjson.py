@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataset import Dataset
 from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 
-from .query import SOP_UID, SERIES_UID, STUDY_UID, Level, SearchQuery
+from .query import SERIES_UID, SOP_UID, STUDY_UID, Level, SearchQuery
 
 JsonDataset = dict[str, dict[str, Any]]
 

@@ -1,0 +1,21 @@
+"""Connector construction: one connector object per configured archive."""
+
+from __future__ import annotations
+
+from ..settings import ConnectorSettings, Settings
+from .base import Connector
+
+
+def build_connector(connector: ConnectorSettings, settings: Settings) -> Connector:
+    """The connector of `connector.type`; imported here so that nothing connects at import."""
+    if connector.type == "DB":
+        from .db import DbConnector
+
+        return DbConnector(connector)
+    if connector.type == "DICOM":
+        from .dimse import DimseConnector
+
+        return DimseConnector(connector)
+    from .dicomweb import DicomWebConnector
+
+    return DicomWebConnector(connector, settings.oidc_client)

@@ -1,0 +1,43 @@
+"""Operations: liveness and readiness."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+from flask import Blueprint, Response
+
+from ..errors import GatewayError
+from ..web import gateway, json_response
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process is alive and serving requests."""
+    return json_response({"status": "ok"}, "application/json")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Each connector reachable (C-ECHO, SELECT 1, an upstream QIDO): 200, else 503."""
+    backends = gateway().engine.backends
+    with cf.ThreadPoolExecutor(max_workers=max(1, len(backends))) as pool:
+        futures = {cid: pool.submit(b.connector.check) for cid, b in backends.items()}
+        states = {cid: _state(f, backends[cid].settings.timeouts.connect + 5) for cid, f in futures.items()}
+    ready = all(s == "ok" for s in states.values())
+    response = json_response({"ready": ready, "connectors": states}, "application/json")
+    response.status_code = 200 if ready else 503
+    return response
+
+
+def _state(future: cf.Future[None], timeout: float) -> str:
+    try:
+        future.result(timeout=timeout)
+    except cf.TimeoutError:
+        return "timed out"
+    except GatewayError as exc:
+        return exc.message
+    except Exception as exc:  # noqa: BLE001 - a check must never break readiness reporting
+        return f"error: {type(exc).__name__}"
+    return "ok"

@@ -1,0 +1,64 @@
+"""WADO-RS: study, series and instance retrieval and metadata (PS3.18 10.4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, request
+
+from ..connectors.base import Part10, ResourceRef
+from ..multipart_encode import encode, new_boundary
+from ..negotiation import DICOM_JSON, negotiate_instances, negotiate_json
+from ..query import check_uid
+from ..web import connector_ids, dicomweb_base, gateway, json_response
+
+bp = Blueprint("wado", __name__)
+
+
+def _ref(study: str, series: str | None, instance: str | None) -> ResourceRef:
+    check_uid(study, "StudyInstanceUID")
+    if series is not None:
+        check_uid(series, "SeriesInstanceUID")
+    if instance is not None:
+        check_uid(instance, "SOPInstanceUID")
+    return ResourceRef(study, series, instance)
+
+
+def _parts(stream: Iterator[Part10]) -> Iterator[tuple[str, bytes]]:
+    for part in stream:
+        yield f"application/dicom; transfer-syntax={part.transfer_syntax}", part.data
+
+
+def retrieve(
+    study: str, series: str | None = None, instance: str | None = None, connector_id: str | None = None
+) -> Response:
+    """Retrieve Study / Series / Instance: multipart/related; type="application/dicom"."""
+    transfer_syntax = negotiate_instances(request.headers.get("Accept"))
+    ref = _ref(study, series, instance)
+    stream = gateway().engine.retrieve_instances(ref, connector_ids(connector_id), transfer_syntax)
+    boundary = new_boundary()
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return Response(encode(_parts(stream), boundary), content_type=content_type)
+
+
+def metadata(
+    study: str, series: str | None = None, instance: str | None = None, connector_id: str | None = None
+) -> Response:
+    """Retrieve Study / Series / Instance Metadata as DICOM JSON (PS3.18 10.4.1.1.2)."""
+    mimetype = negotiate_json(request.headers.get("Accept"))
+    ref = _ref(study, series, instance)
+    ids = connector_ids(connector_id)
+    datasets = gateway().engine.retrieve_metadata(ref, ids, dicomweb_base(connector_id))
+    return json_response(datasets, mimetype if mimetype != DICOM_JSON else DICOM_JSON)
+
+
+_RESOURCES = (
+    ("/studies/<study>", "study"),
+    ("/studies/<study>/series/<series>", "series"),
+    ("/studies/<study>/series/<series>/instances/<instance>", "instance"),
+)
+for _rule, _name in _RESOURCES:
+    bp.add_url_rule(_rule, f"retrieve_{_name}", retrieve, methods=["GET"], strict_slashes=False)
+    bp.add_url_rule(
+        f"{_rule}/metadata", f"retrieve_{_name}_metadata", metadata, methods=["GET"], strict_slashes=False
+    )

@@ -1,0 +1,113 @@
+"""Request-level plumbing shared by the blueprints: the one error handler, the request log line,
+public URLs, connector selection and response helpers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from .errors import GatewayError, NotFound
+
+if TYPE_CHECKING:
+    from . import Gateway
+
+log = logging.getLogger("gateway.request")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def gateway() -> Gateway:
+    return current_app.extensions["gateway"]  # type: ignore[no-any-return]
+
+
+def connector_ids(connector_id: str | None) -> list[str]:
+    """The connectors a request goes to: the one named in the path, or the defaults."""
+    gw = gateway()
+    if connector_id is None:
+        return list(gw.settings.default)
+    if connector_id not in gw.engine.backends:
+        raise NotFound("no such archive", connector=None)
+    return [connector_id]
+
+
+def public_root() -> str:
+    """The gateway's public base URL: configured, or from the request (and, when the config
+    trusts a proxy, from its X-Forwarded-* headers, applied by ProxyFix)."""
+    configured = gateway().settings.gateway.public_url
+    if configured:
+        return configured.rstrip("/")
+    return request.url_root.rstrip("/")
+
+
+def dicomweb_base(connector_id: str | None) -> str:
+    root = public_root()
+    return f"{root}/archives/{connector_id}/dicomweb" if connector_id else f"{root}/dicomweb"
+
+
+def warning_values(texts: Iterable[str]) -> list[str]:
+    """RFC 7234 5.5 Warning values with code 299 (PS3.18 8.4.2 uses them for partial answers)."""
+    values = []
+    for text in texts:
+        clean = text.replace("\\", "\\\\").replace('"', '\\"')
+        values.append(f'299 gateway "{clean}"')
+    return values
+
+
+def json_response(body: Any, mimetype: str, warnings: Sequence[str] = ()) -> Response:
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    response = Response(data, mimetype=mimetype)
+    for value in warning_values(warnings):
+        response.headers.add("Warning", value)
+    return response
+
+
+def _error_response(status: int, body: dict[str, object]) -> Response:
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    g.error = body.get("error")
+    return response
+
+
+def install(app: Flask) -> None:
+    """Registers the one error handler and the per-request log line."""
+
+    @app.errorhandler(GatewayError)
+    def _gateway_error(exc: GatewayError) -> Response:
+        return _error_response(exc.status, exc.to_json())
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        return _error_response(status, {"status": status, "error": exc.description or exc.name})
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("request %s failed", getattr(g, "request_id", "-"))
+        return _error_response(500, {"status": 500, "error": "internal error"})
+
+    @app.before_request
+    def _start() -> None:
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        g.started = time.monotonic()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "-")
+        elapsed = (time.monotonic() - g.get("started", time.monotonic())) * 1000
+        rule = request.url_rule.rule if request.url_rule else "-"  # no UIDs, no query string
+        log.info(
+            "%s %s %s %d %.1fms",
+            g.get("request_id", "-"),
+            request.method,
+            rule,
+            response.status_code,
+            elapsed,
+        )
+        return response

@@ -1,0 +1,13 @@
+"""gunicorn settings. Threads, since retrieval responses stream for as long as a study takes."""
+
+import os
+
+bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
+worker_class = "gthread"
+workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
+threads = int(os.environ.get("GATEWAY_THREADS", "16"))
+timeout = 120  # a worker silent this long is restarted; streaming threads keep it alive
+graceful_timeout = 30
+keepalive = 5
+accesslog = None  # the gateway logs one line per request itself, without query strings
+loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
