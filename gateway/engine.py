@@ -98,7 +98,7 @@ class Engine:
                 errors.append(exc)
             except GatewayError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a connector bug must not become a traceback
+            except Exception as exc:
                 log.exception("connector %s raised", cid)
                 errors.append(ConnectorError(f"internal error: {type(exc).__name__}", cid))
         return results, errors

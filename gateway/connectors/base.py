@@ -8,7 +8,6 @@ naming itself. Views and the engine never see SQLAlchemy, pynetdicom or requests
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -99,7 +98,7 @@ def boundary(connector: str, what: str) -> Iterator[None]:
         yield
     except GatewayError:
         raise
-    except (TimeoutError, socket.timeout) as exc:
+    except TimeoutError as exc:
         raise ConnectorTimeout(f"{what} timed out", connector) from exc
     except OSError as exc:
         raise ConnectorError(f"{what} failed: {type(exc).__name__}", connector) from exc
