@@ -77,9 +77,9 @@ def parse_accept(header: str | None) -> list[MediaRange]:
 def negotiate_json(header: str | None) -> str:
     """QIDO-RS and metadata (PS3.18 8.7.3.3): DICOM JSON, also when `application/json` or a
     wildcard is acceptable; anything else is a 406."""
-    ranges = parse_accept(header)
-    if not ranges:
+    if not (header or "").strip():
         return DICOM_JSON
+    ranges = parse_accept(header)
     for r in ranges:
         if r.mimetype in (DICOM_JSON, "application/json", "*/*", "application/*"):
             return DICOM_JSON if r.mimetype != "application/json" else "application/json"
@@ -91,9 +91,9 @@ def negotiate_json(header: str | None) -> str:
 def negotiate_instances(header: str | None) -> str:
     """WADO-RS study/series/instance retrieval (PS3.18 8.7.3.5): returns the transfer syntax to
     send, `*` for "as stored". Without one, Explicit VR Little Endian (PS3.18 Table 8.7.3-2)."""
-    ranges = parse_accept(header)
-    if not ranges:
+    if not (header or "").strip():
         return EXPLICIT_VR_LITTLE_ENDIAN
+    ranges = parse_accept(header)
     for r in ranges:
         if r.mimetype in ("*/*", "multipart/*"):
             return EXPLICIT_VR_LITTLE_ENDIAN

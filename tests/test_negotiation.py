@@ -1,0 +1,64 @@
+"""Accept negotiation (PS3.18 8.7)."""
+
+import pytest
+
+from gateway.errors import NotAcceptable
+from gateway.negotiation import negotiate_instances, negotiate_json
+
+EVRLE = "1.2.840.10008.1.2.1"
+
+
+@pytest.mark.parametrize(
+    ("accept", "syntax"),
+    [
+        (None, EVRLE),
+        ("*/*", EVRLE),
+        ('multipart/related; type="application/dicom"', EVRLE),
+        ('multipart/related; type="application/dicom"; transfer-syntax=*', "*"),
+        ("multipart/related; type=application/dicom; transfer-syntax=*", "*"),  # OHIF unquoted
+        ('multipart/related; transfer-syntax=1.2.840.10008.1.2.4.50; type="application/dicom"',
+         "1.2.840.10008.1.2.4.50"),
+        ('application/dicom+json, multipart/related; type="application/dicom";'
+         ' transfer-syntax="1.2.840.10008.1.2"', "1.2.840.10008.1.2"),
+        ('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2;q=0.5,'
+         ' multipart/related; type="application/dicom"; transfer-syntax=*', "*"),
+        ("text/html,application/xhtml+xml,*/*;q=0.8", EVRLE),
+    ],
+)
+def test_instances(accept, syntax):
+    assert negotiate_instances(accept) == syntax
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/dicom+json",
+        'multipart/related; type="application/octet-stream"',
+        'multipart/related; type="application/dicom"; q=0',
+        'multipart/related; type="application/dicom"; transfer-syntax=notauid',
+    ],
+)
+def test_instances_not_acceptable(accept):
+    with pytest.raises(NotAcceptable) as err:
+        negotiate_instances(accept)
+    assert err.value.status == 406
+
+
+@pytest.mark.parametrize(
+    ("accept", "mimetype"),
+    [
+        (None, "application/dicom+json"),
+        ("application/dicom+json", "application/dicom+json"),
+        ("application/json", "application/json"),
+        ("text/html, */*;q=0.1", "application/dicom+json"),
+        ("application/*", "application/dicom+json"),
+    ],
+)
+def test_json(accept, mimetype):
+    assert negotiate_json(accept) == mimetype
+
+
+@pytest.mark.parametrize("accept", ["application/dicom+xml", 'multipart/related; type="application/dicom+xml"', "text/html"])
+def test_json_not_acceptable(accept):
+    with pytest.raises(NotAcceptable):
+        negotiate_json(accept)
