@@ -18,10 +18,20 @@ EVRLE = "1.2.840.10008.1.2.1"
         ("multipart/related; type=application/dicom; transfer-syntax=*", "*"),  # OHIF unquoted
         ('multipart/related; transfer-syntax=1.2.840.10008.1.2.4.50; type="application/dicom"',
          "1.2.840.10008.1.2.4.50"),
-        ('application/dicom+json, multipart/related; type="application/dicom";'
-         ' transfer-syntax="1.2.840.10008.1.2"', "1.2.840.10008.1.2"),
-        ('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2;q=0.5,'
-         ' multipart/related; type="application/dicom"; transfer-syntax=*', "*"),
+        (
+            (
+                'application/dicom+json, multipart/related; type="application/dicom";'
+                ' transfer-syntax="1.2.840.10008.1.2"'
+            ),
+            "1.2.840.10008.1.2",
+        ),
+        (
+            (
+                'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2;'
+                'q=0.5, multipart/related; type="application/dicom"; transfer-syntax=*'
+            ),
+            "*",
+        ),
         ("text/html,application/xhtml+xml,*/*;q=0.8", EVRLE),
     ],
 )
