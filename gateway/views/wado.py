@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, request
 
 from ..connectors.base import Part10, ResourceRef
-from ..multipart_encode import encode, new_boundary
+from ..multipart import encode, new_boundary
 from ..negotiation import DICOM_JSON, negotiate_instances, negotiate_json
 from ..query import check_uid
 from ..web import connector_ids, dicomweb_base, gateway, json_response

@@ -1,0 +1,179 @@
+"""multipart/related bodies (RFC 2387 over RFC 2046 5.1; PS3.18 8.7.3.5): a streaming encoder
+and a streaming decoder.
+
+`encode(parts, boundary)` yields a body part by part, with a random boundary from
+`new_boundary()`, so a response never holds more than one part.
+
+`iter_parts(content_type, chunks)` turns a body that arrives in chunks of any size into its body
+parts, one at a time, as soon as each part is complete. It keeps at most one part plus one chunk
+in memory, so memory is bounded by the largest part, never by the whole body. Malformed input
+(no boundary parameter, no opening or closing delimiter, junk after a delimiter, a header line
+without a colon, a part above `max_part`) raises ValueError.
+
+Pure: no Flask, no requests.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+
+CRLF = b"\r\n"
+_LWSP = b" \t"
+#: Longest header section of one part, and longest transport padding after a delimiter.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_PADDING_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Part:
+    """One body part: its header fields (names in lowercase) and its content."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("content-type")
+
+
+def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """A Content-Type value -> (lowercase media type, parameters with lowercase names and
+    unquoted values) (RFC 2045 5.1). Raises ValueError when there is no type/subtype."""
+    message = Message()
+    message["content-type"] = value
+    media_type = value.split(";", 1)[0].strip().lower()
+    if media_type.count("/") != 1 or not all(media_type.split("/")):
+        raise ValueError("Content-Type has no type/subtype")
+    params: dict[str, str] = {}
+    for name, param in message.get_params(failobj=[])[1:]:
+        params[name.lower()] = str(param)
+    return media_type, params
+
+
+def parse_boundary(content_type: str) -> bytes:
+    """The boundary of a multipart Content-Type (RFC 2046 5.1.1: 1 to 70 characters, quotes
+    removed). Raises ValueError when the type is not multipart or the boundary is invalid."""
+    media_type, params = parse_content_type(content_type)
+    if not media_type.startswith("multipart/"):
+        raise ValueError(f"not a multipart media type: {media_type}")
+    boundary = params.get("boundary", "")
+    if not 1 <= len(boundary) <= 70 or boundary.endswith(" "):
+        raise ValueError("multipart Content-Type has no valid boundary parameter")
+    try:
+        return boundary.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("multipart boundary is not ASCII") from None
+
+
+class _Buffer:
+    """The not yet decoded bytes of the body, filled from the chunk iterator on demand."""
+
+    def __init__(self, chunks: Iterable[bytes], initial: bytes) -> None:
+        self._chunks = iter(chunks)
+        self.data = bytearray(initial)
+
+    def fill(self) -> bool:
+        """Appends the next non-empty chunk; False at the end of the body."""
+        for chunk in self._chunks:
+            if chunk:
+                self.data += chunk
+                return True
+        return False
+
+    def need(self, size: int) -> bool:
+        """True once at least `size` bytes are buffered; False if the body ends first."""
+        while len(self.data) < size:
+            if not self.fill():
+                return False
+        return True
+
+    def take_until(self, marker: bytes, limit: int | None, what: str) -> bytes:
+        """Removes and returns the bytes before `marker`, and the marker itself from the buffer.
+        Each chunk is searched once (plus the marker's length of overlap)."""
+        start = 0
+        while True:
+            index = self.data.find(marker, start)
+            if index >= 0:
+                with memoryview(self.data) as view:
+                    taken = bytes(view[:index])  # one copy of the part, not two
+                del self.data[: index + len(marker)]
+                return taken
+            if limit is not None and len(self.data) > limit + len(marker):
+                raise ValueError(f"multipart {what} is larger than {limit} bytes")
+            start = max(0, len(self.data) - len(marker) + 1)
+            if not self.fill():
+                raise ValueError(f"multipart body ended inside the {what}")
+
+
+def iter_parts(
+    content_type: str, chunks: Iterable[bytes], max_part: int | None = None
+) -> Iterator[Part]:
+    """Decodes a multipart body as it arrives (RFC 2046 5.1.1): the preamble before the first
+    delimiter and the epilogue after the close delimiter are ignored; the delimiter may be
+    followed by transport padding (spaces, tabs) before its CRLF."""
+    boundary = parse_boundary(content_type)
+    delimiter = CRLF + b"--" + boundary
+    # The first delimiter may open the body without a CRLF before it: supply one.
+    buffer = _Buffer(chunks, initial=CRLF)
+    buffer.take_until(delimiter, None, "preamble (no opening delimiter)")
+    while not _after_delimiter(buffer):
+        header_block = buffer.take_until(CRLF + CRLF, MAX_HEADER_BYTES, "part headers")
+        headers = _parse_headers(header_block)
+        body = buffer.take_until(delimiter, max_part, "part body (no closing delimiter)")
+        yield Part(headers, body)
+
+
+def _after_delimiter(buffer: _Buffer) -> bool:
+    """Consumes what follows a delimiter: `--` (the close delimiter: True) or transport padding
+    up to, not including, the CRLF that ends the delimiter line (False)."""
+    if not buffer.need(2):
+        raise ValueError("multipart body ended after a delimiter (no close delimiter)")
+    if buffer.data[:2] == b"--":
+        return True
+    padding = 0
+    while True:
+        if not buffer.need(padding + 2):
+            raise ValueError("multipart body ended after a delimiter (no close delimiter)")
+        if buffer.data[padding : padding + 2] == CRLF:
+            break
+        if buffer.data[padding] not in _LWSP or padding >= MAX_PADDING_BYTES:
+            raise ValueError("multipart delimiter line has unexpected characters")
+        padding += 1
+    del buffer.data[:padding]
+    return False
+
+
+def _parse_headers(block: bytes) -> dict[str, str]:
+    """The header section of a part (RFC 2045/822 style: `Name: value` lines, continuation lines
+    starting with white space). `block` starts with the CRLF that ends the delimiter line."""
+    headers: dict[str, str] = {}
+    name: str | None = None
+    for raw in block.split(CRLF)[1:]:
+        line = raw.decode("latin-1")
+        if line[:1] in (" ", "\t") and name is not None:
+            headers[name] += " " + line.strip()
+            continue
+        field_name, colon, value = line.partition(":")
+        if not colon or not field_name.strip():
+            raise ValueError("multipart part header line has no field name")
+        name = field_name.strip().lower()
+        headers[name] = value.strip()
+    return headers
+
+
+def new_boundary() -> str:
+    """A random boundary: 32 hex characters cannot plausibly occur in a DICOM object."""
+    return secrets.token_hex(16)
+
+
+def encode(parts: Iterable[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
+    """Yields the body part by part: each part is the delimiter, its Content-Type, a blank line
+    and its bytes; the body ends with the close delimiter `--boundary--` (RFC 2046 5.1.1)."""
+    delimiter = f"--{boundary}".encode("ascii")
+    for content_type, body in parts:
+        head = delimiter + CRLF + b"Content-Type: " + content_type.encode("ascii") + CRLF + CRLF
+        yield b"".join((head, body, CRLF))
+    yield delimiter + b"--" + CRLF
