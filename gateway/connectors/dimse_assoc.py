@@ -1,0 +1,267 @@
+"""Associations of the DIMSE connector (PS3.8 7.1 A-ASSOCIATE, 7.3 A-ABORT; PS3.7 Annex C
+status codes).
+
+`Link` knows how to reach one PACS: AE titles, address, time-outs, TLS, and the connector's
+limit on concurrent associations. `Link.session()` opens one association for one gateway
+request and closes it again (release, or abort when the request was abandoned); a `Session`
+carries the request's deadline: past it the association is aborted and the operation fails
+with `ConnectorTimeout`. Every socket gets TCP_NODELAY (pynetdicom does not set it, and
+small DIMSE messages otherwise stall on Nagle's algorithm and delayed ACKs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import GENERAL_STATUS, QR_FIND_SERVICE_CLASS_STATUS
+
+from ..errors import ConnectorError, ConnectorTimeout
+from ..settings import Dimse, Timeouts
+
+Handler = tuple[Any, ...]  # (event, handler) or (event, handler, args), as pynetdicom takes them
+
+#: PS3.4 C.4.1.1.4 (C-FIND) and C.4.3.1.4 (C-GET) status meanings, in the standard's words.
+_MEANINGS = {
+    0x0000: "Success",
+    0x0122: "Refused: SOP Class not supported",
+    0x0124: "Refused: Not authorized",
+    0xA700: "Refused: Out of resources",
+    0xA701: "Refused: Out of resources - Unable to calculate number of matches",
+    0xA702: "Refused: Out of resources - Unable to perform sub-operations",
+    0xA801: "Refused: Move destination unknown",
+    0xA900: "Error: Identifier does not match SOP Class",
+    0xAA00: "Error: None of the frames requested were found in the SOP Instance",
+    0xB000: "Warning: Sub-operations complete - One or more failures or warnings",
+    0xFE00: "Cancel: Terminated due to Cancel request",
+    0xFF00: "Pending",
+    0xFF01: "Pending: one or more Optional Keys were not supported",
+}
+
+
+def status_meaning(code: int) -> str:
+    """The meaning of a DIMSE status code (PS3.4 C.4.1.1.4, C.4.3.1.4; PS3.7 C)."""
+    if code in _MEANINGS:
+        return _MEANINGS[code]
+    if 0xC000 <= code <= 0xCFFF:
+        return "Unable to process"
+    known = QR_FIND_SERVICE_CLASS_STATUS.get(code) or GENERAL_STATUS.get(code)
+    return known[1] or known[0] if known else "unknown status"
+
+
+def status_text(code: int) -> str:
+    """`0xC001 (Unable to process)`."""
+    return f"0x{code:04X} ({status_meaning(code)})"
+
+
+class StatusError(ConnectorError):
+    """A DIMSE operation ended with a failure status; `dimse_status` is the code."""
+
+    def __init__(self, operation: str, code: int, connector: str) -> None:
+        super().__init__(f"{operation} failed: {status_text(code)}", connector)
+        self.dimse_status = code
+
+
+def _set_nodelay(event: evt.Event, opened: list[bool]) -> None:
+    """EVT_CONN_OPEN: the socket is connected; set TCP_NODELAY before the A-ASSOCIATE-RQ."""
+    opened.append(True)
+    sock = event.assoc.dul.socket
+    raw = sock.socket if sock is not None else None
+    if raw is not None:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@dataclass
+class Session:
+    """One established association serving one gateway request."""
+
+    assoc: Association
+    connector: str
+    dimse_timeout: float
+    deadline: float | None
+    expired: threading.Event = field(default_factory=threading.Event)
+    _msg_id: int = 0
+
+    def next_msg_id(self) -> int:
+        """The Message ID of the next request (PS3.7 9.3.1.1), after `quiesce()`."""
+        if self._msg_id:
+            self.quiesce()
+        self._msg_id = self._msg_id % 0xFFFF + 1
+        return self._msg_id
+
+    def quiesce(self, settle: float = 0.05) -> None:
+        """Works around a race in pynetdicom 3.0 (its issue #875): when an operation ends,
+        the association's reactor thread resumes; a request sent before it is paused again
+        may have a response taken by the reactor and dropped ("Received unexpected C-FIND
+        service message"). Pause it and wait until it is really back at its checkpoint."""
+        assoc = self.assoc
+        checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+        if checkpoint is None or not assoc.is_established:
+            return
+        checkpoint.clear()
+        seen_running = not getattr(assoc, "_is_paused", True)
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            if not getattr(assoc, "_is_paused", True):
+                seen_running = True
+            elif seen_running:
+                return
+            time.sleep(0.0002)
+
+    def abort(self) -> None:
+        """A-ABORT, and wake whoever waits for a DIMSE message on this association."""
+        with contextlib.suppress(Exception):
+            if not (self.assoc.is_aborted or self.assoc.is_released):
+                self.assoc.abort()
+        self.assoc.dimse.msg_queue.put((None, None))
+
+    def _expire(self) -> None:
+        self.expired.set()
+        self.abort()
+
+    def lost(self, operation: str, since: float) -> ConnectorError:
+        """The error for an operation whose responses stopped (the generator yielded no
+        status): our deadline, pynetdicom's DIMSE time-out, or the peer's abort."""
+        if self.expired.is_set():
+            return ConnectorTimeout(f"{operation} exceeded the request time-out", self.connector)
+        if time.monotonic() - since >= self.dimse_timeout * 0.95:
+            return ConnectorTimeout(f"{operation}: no response within the DIMSE time-out",
+                                    self.connector)
+        return ConnectorError(f"{operation}: association aborted or connection lost",
+                              self.connector)
+
+    def require(self, abstract_syntax: str, what: str) -> None:
+        if not any(cx.abstract_syntax == abstract_syntax for cx in self.assoc.accepted_contexts):
+            raise ConnectorError(f"the PACS did not accept {what}", self.connector)
+
+
+@dataclass
+class Link:
+    """How to reach one PACS. Nothing here opens a socket until `session()` is entered."""
+
+    connector: str
+    dimse: Dimse
+    timeouts: Timeouts
+    tls: ssl.SSLContext | None = None
+    slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = threading.BoundedSemaphore(max(1, self.dimse.max_associations))
+
+    def deadline(self) -> float:
+        return time.monotonic() + self.timeouts.request
+
+    @contextlib.contextmanager
+    def session(
+        self,
+        contexts: Sequence[PresentationContext],
+        *,
+        deadline: float,
+        roles: Sequence[Any] = (),
+        handlers: Sequence[Handler] = (),
+        bounded: bool = True,
+    ) -> Iterator[Session]:
+        """An association proposing `contexts` (and SCP/SCU `roles`), held within the
+        connector's limit of concurrent associations. Waiting for a free slot and setting up
+        the association are bounded by `deadline`; so is the whole session when `bounded`."""
+        if not self.slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise ConnectorTimeout(
+                f"no free association (max-associations {self.dimse.max_associations}) "
+                "within the request time-out", self.connector)
+        try:
+            assoc = self._associate(contexts, roles, handlers, deadline)
+            session = Session(assoc, self.connector, self.timeouts.dimse,
+                              deadline if bounded else None)
+            timer = self._watchdog(session)
+            graceful = False
+            try:
+                yield session
+                graceful = True
+            except StatusError:
+                graceful = True  # the operation ended normally, with a failure status
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                _close(session, graceful)
+        finally:
+            self.slots.release()
+
+    def _watchdog(self, session: Session) -> threading.Timer | None:
+        if session.deadline is None:
+            return None
+        timer = threading.Timer(max(0.0, session.deadline - time.monotonic()), session._expire)
+        timer.daemon = True
+        timer.name = f"dimse-deadline-{self.connector}"
+        timer.start()
+        return timer
+
+    def _application_entity(self, deadline: float) -> AE:
+        ae = AE(ae_title=self.dimse.calling_aet)
+        remaining = max(0.01, deadline - time.monotonic())
+        ae.connection_timeout = min(self.timeouts.connect, remaining)
+        ae.acse_timeout = min(self.timeouts.acse, remaining)
+        ae.dimse_timeout = self.timeouts.dimse
+        ae.network_timeout = self.timeouts.network
+        return ae
+
+    def _associate(
+        self,
+        contexts: Sequence[PresentationContext],
+        roles: Sequence[Any],
+        handlers: Sequence[Handler],
+        deadline: float,
+    ) -> Association:
+        ae = self._application_entity(deadline)
+        opened: list[bool] = []
+        started = time.monotonic()
+        try:
+            assoc = ae.associate(
+                self.dimse.host, self.dimse.port, contexts=list(contexts),
+                ae_title=self.dimse.aet, max_pdu=self.dimse.max_pdu, ext_neg=list(roles),
+                evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay, [opened]), *handlers],
+                tls_args=(self.tls, self.dimse.host) if self.tls is not None else None,
+            )
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ConnectorError(f"cannot request an association: {exc}", self.connector) from exc
+        if assoc.is_established:
+            return assoc
+        raise self._not_established(assoc, bool(opened), time.monotonic() - started, ae)
+
+    def _not_established(
+        self, assoc: Association, opened: bool, elapsed: float, ae: AE
+    ) -> ConnectorError:
+        where = f"{self.dimse.aet}@{self.dimse.host}:{self.dimse.port}"
+        if assoc.is_rejected:
+            rsp = assoc.acceptor.primitive
+            detail = f"{rsp.result_str}, {rsp.source_str}: {rsp.reason_str}" if rsp else ""
+            return ConnectorError(f"association rejected by {where} ({detail})", self.connector)
+        if not opened:
+            if elapsed >= (ae.connection_timeout or 0) * 0.95:
+                return ConnectorTimeout(f"connection to {where} timed out", self.connector)
+            tls = " (or TLS handshake failed)" if self.tls is not None else ""
+            return ConnectorError(f"cannot connect to {where}{tls}", self.connector)
+        if assoc.is_aborted and elapsed < (ae.acse_timeout or 0) * 0.95:
+            return ConnectorError(f"association aborted by {where}", self.connector)
+        return ConnectorTimeout(f"no association response from {where} within the ACSE "
+                                "time-out", self.connector)
+
+
+def _close(session: Session, graceful: bool) -> None:
+    """Release a healthy association; abort one that an expired, failed or abandoned request
+    left (its operation may still be running)."""
+    assoc = session.assoc
+    if graceful and assoc.is_established and not session.expired.is_set():
+        with contextlib.suppress(Exception):
+            assoc.release()
+    if assoc.is_established:
+        session.abort()
