@@ -1,0 +1,214 @@
+"""QIDO-RS and WADO-RS through the Flask app on the embedded demo archive (config/gateway.yml),
+checked against the sample files read with pydicom and against PS3.18."""
+
+import email.parser
+import io
+import re
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+
+from gateway import create_app
+from gateway.config import load_settings_from_dict
+from tests.harness import samples
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = "http://localhost/dicomweb"
+CT = samples.sample_index()["CT_small.dcm"]
+RTDOSE = samples.sample_index()["rtdose.dcm"]
+US = samples.sample_index()["examples_ybr_color.dcm"]
+ANY = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("demo")
+    text = (ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(directory))
+    app = create_app(load_settings_from_dict(yaml.safe_load(text)))
+    yield app.test_client()
+    app.extensions["gateway"].close()
+
+
+def values(answer, key):
+    return [d[key]["Value"][0] for d in answer if "Value" in d.get(key, {})]
+
+
+def test_studies_lists_the_sample_studies_as_ps318_json(client):
+    r = client.get("/dicomweb/studies")
+    assert r.status_code == 200
+    assert r.headers["Content-Type"] == "application/dicom+json"
+    answer = r.get_json()
+    assert sorted(values(answer, "0020000D")) == samples.studies()
+    required = {"00080020", "00080030", "00080050", "00080056", "00080061", "00080090",
+                "00081190", "00100010", "00100020", "00100030", "00100040", "0020000D",
+                "00200010", "00201206", "00201208"}  # PS3.18 Table 10.6.3-3
+    for data in answer:
+        assert required <= set(data)
+        assert list(data) == sorted(data)
+        assert all(re.fullmatch(r"[0-9A-F]{8}", k) for k in data)
+        assert all("Value" not in a or a["Value"] not in ([], [""]) for a in data.values())
+    ct = next(d for d in answer if d["0020000D"]["Value"] == [CT["StudyInstanceUID"]])
+    assert ct["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": CT["PatientName"]}]}
+    assert ct["00201208"] == {"vr": "IS", "Value": [1]}
+    assert ct["00080061"] == {"vr": "CS", "Value": ["CT"]}
+    assert ct["00080020"] == {"vr": "DA", "Value": [CT["StudyDate"]]}
+    assert ct["00081190"] == {"vr": "UR", "Value": [f"{BASE}/studies/{CT['StudyInstanceUID']}"]}
+
+
+def test_the_sc_study_counts_two_instances_in_one_series(client):
+    sc = samples.sample_index()["SC_rgb_rle.dcm"]
+    (data,) = client.get(f"/dicomweb/studies?StudyInstanceUID={sc['StudyInstanceUID']}").get_json()
+    assert data["00201206"]["Value"] == [1] and data["00201208"]["Value"] == [2]
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "expected"),
+    [
+        (f"/dicomweb/studies/{CT['StudyInstanceUID']}/series", "0020000E", [CT["SeriesInstanceUID"]]),
+        ("/dicomweb/series?Modality=RTDOSE", "0020000E", [RTDOSE["SeriesInstanceUID"]]),
+        (f"/dicomweb/studies/{US['StudyInstanceUID']}/series/{US['SeriesInstanceUID']}/instances",
+         "00080018", [US["SOPInstanceUID"]]),
+        (f"/dicomweb/studies/{CT['StudyInstanceUID']}/instances", "00080018", [CT["SOPInstanceUID"]]),
+        (f"/dicomweb/instances?SOPInstanceUID={RTDOSE['SOPInstanceUID']}", "00280008", [15]),
+        ("/dicomweb/instances/", "00080018",
+         sorted(i["SOPInstanceUID"] for i in samples.sample_index().values())),
+    ],
+)
+def test_every_search_resource(client, path, key, expected):
+    r = client.get(path)
+    assert r.status_code == 200
+    assert sorted(values(r.get_json(), key)) == sorted(expected)
+
+
+def test_unscoped_series_search_carries_study_attributes(client):
+    (data,) = client.get("/dicomweb/series?Modality=RTDOSE").get_json()
+    assert data["00100020"] == {"vr": "LO", "Value": [RTDOSE["PatientID"]]}
+    assert data["0020000D"]["Value"] == [RTDOSE["StudyInstanceUID"]]
+    assert data["00201209"] == {"vr": "IS", "Value": [1]}
+
+
+def test_keyword_and_tag_give_the_same_answer(client):
+    by_keyword = client.get("/dicomweb/studies?PatientID=1CT1").get_json()
+    by_tag = client.get("/dicomweb/studies?00100020=1CT1").get_json()
+    assert by_keyword == by_tag and values(by_keyword, "0020000D") == [CT["StudyInstanceUID"]]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("PatientName=CompressedSamples*", ["1CT1", "4MR1"]),
+        ("PatientName=compressedsamples*", []),
+        ("PatientName=compressedsamples*&fuzzymatching=true", ["1CT1", "4MR1"]),
+        ("PatientName=CompressedSamples^?T1", ["1CT1"]),
+        ("StudyDate=20040101-20041231", ["1CT1", "4MR1"]),
+        ("StudyDate=20160101-", ["", "ID1", "204"]),
+        ("StudyDate=-20030805", ["", "99000", "id11111"]),  # not 693_J2KI: no StudyDate
+        ("StudyDate=20030805", ["id11111"]),
+        (f"StudyInstanceUID={CT['StudyInstanceUID']},{RTDOSE['StudyInstanceUID']}", ["1CT1", "id11111"]),
+        ("ModalitiesInStudy=MR", ["", "4MR1"]),
+        ("PatientID=nobody", []),
+    ],
+)
+def test_matching(client, query, expected):
+    r = client.get(f"/dicomweb/studies?{query}")
+    assert r.status_code == 200
+    ids = [d["00100020"].get("Value", [""])[0] for d in r.get_json()]
+    assert sorted(ids) == sorted(expected)
+
+
+def test_includefield_adds_the_attribute(client):
+    (data,) = client.get("/dicomweb/studies?PatientID=1CT1&includefield=StudyDescription").get_json()
+    assert "00081030" in data
+    (data,) = client.get("/dicomweb/studies?PatientID=1CT1").get_json()
+    assert "00081030" not in data
+
+
+def test_limit_offset_and_warning(client):
+    r = client.get("/dicomweb/studies?limit=4&offset=0")
+    first = values(r.get_json(), "0020000D")
+    assert len(first) == 4
+    assert r.headers.getlist("Warning") == ['299 gateway "There are additional results that can be requested"']
+    rest = values(client.get("/dicomweb/studies?limit=10&offset=4").get_json(), "0020000D")
+    assert sorted(first + rest) == samples.studies()
+    assert client.get("/dicomweb/studies?limit=10&offset=4").headers.get("Warning") is None
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "parameter"),
+    [
+        ("/dicomweb/studies?Nonsense=1", {}, 400, "Nonsense"),
+        ("/dicomweb/studies?limit=x", {}, 400, "limit"),
+        ("/dicomweb/studies?StudyDate=yesterday", {}, 400, "StudyDate"),
+        ("/dicomweb/studies/1.2.x/series", {}, 400, "StudyInstanceUID"),
+        ("/dicomweb/studies", {"Accept": "application/dicom+xml"}, 406, None),
+        ("/archives/nope/dicomweb/studies", {}, 404, None),
+        ("/dicomweb/studies/1.2.3", ANY, 404, None),
+        ("/dicomweb/studies/1.2.3/metadata", {}, 404, None),
+    ],
+)
+def test_errors_are_json_with_status(client, path, headers, status, parameter):
+    r = client.get(path, headers=headers)
+    assert r.status_code == status
+    body = r.get_json()
+    assert body["status"] == status and body["error"]
+    assert body.get("parameter") == parameter
+
+
+def test_nothing_matches_is_200_with_an_empty_array(client):
+    r = client.get("/dicomweb/studies?PatientID=nobody")
+    assert (r.status_code, r.get_json()) == (200, [])
+
+
+def test_one_archive_route_points_its_urls_at_itself(client):
+    (data,) = client.get("/archives/demo/dicomweb/studies?PatientID=1CT1").get_json()
+    assert data["00081190"]["Value"] == [f"http://localhost/archives/demo/dicomweb/studies/{CT['StudyInstanceUID']}"]
+
+
+def parts(response):
+    """Parses a multipart/related body with the standard library's MIME parser."""
+    head = f"Content-Type: {response.headers['Content-Type']}\r\n\r\n".encode()
+    message = email.parser.BytesParser().parsebytes(head + response.data)
+    assert message.is_multipart()
+    return [(p.get_content_type(), p.get_param("transfer-syntax"), p.get_payload(decode=True))
+            for p in message.get_payload()]
+
+
+def test_retrieve_study_as_stored_returns_the_file_bytes(client):
+    r = client.get(f"/dicomweb/studies/{US['StudyInstanceUID']}", headers=ANY)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith('multipart/related; type="application/dicom"; boundary=')
+    ((mimetype, syntax, body),) = parts(r)
+    assert (mimetype, syntax) == ("application/dicom", US["TransferSyntaxUID"])
+    assert body == US["path"].read_bytes()
+
+
+def test_default_transfer_syntax_is_explicit_vr_little_endian(client):
+    r = client.get(f"/dicomweb/studies/{RTDOSE['StudyInstanceUID']}/series/{RTDOSE['SeriesInstanceUID']}")
+    ((_, syntax, body),) = parts(r)
+    assert syntax == "1.2.840.10008.1.2.1"
+    got = pydicom.dcmread(io.BytesIO(body))
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert (got.pixel_array == pydicom.dcmread(RTDOSE["path"]).pixel_array).all()
+
+
+def test_compressed_object_without_transfer_syntax_star_is_406(client):
+    r = client.get(f"/dicomweb/studies/{US['StudyInstanceUID']}")
+    assert r.status_code == 406
+
+
+def test_series_metadata_has_the_instance_attributes_and_bulk_uri(client):
+    url = f"/dicomweb/studies/{CT['StudyInstanceUID']}/series/{CT['SeriesInstanceUID']}/metadata"
+    r = client.get(url)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/dicom+json"
+    (data,) = r.get_json()
+    source = pydicom.dcmread(CT["path"])
+    assert data["00280010"] == {"vr": "US", "Value": [source.Rows]}
+    assert data["00280030"]["Value"] == [float(v) for v in source.PixelSpacing]
+    assert data["00180050"]["Value"] == [float(source.SliceThickness)]
+    assert data["7FE00010"] == {
+        "vr": "OW",
+        "BulkDataURI": f"{BASE}/studies/{CT['StudyInstanceUID']}/series/{CT['SeriesInstanceUID']}"
+        f"/instances/{CT['SOPInstanceUID']}/bulk/7FE00010",
+    }
