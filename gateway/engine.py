@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import dicomjson, matching, transcode
@@ -143,15 +143,15 @@ class Engine:
         return _chain(first, stream, transfer_syntax)
 
 
-def _chain(first: Part10, rest: Iterator[Part10], transfer_syntax: str) -> Iterator[Part10]:
+def _chain(
+    first: Part10, rest: Generator[Part10, None, None], transfer_syntax: str
+) -> Iterator[Part10]:
     try:
         yield first
         for part in rest:
             yield transcode.deliver(part, transfer_syntax)
     finally:
-        close = getattr(rest, "close", None)
-        if close is not None:
-            close()
+        rest.close()
 
 
 def _scoped(query: SearchQuery, tag: int) -> bool:

@@ -32,7 +32,9 @@ class MediaRange:
 
 def _split_params(item: str) -> list[str]:
     """Splits `a; b="x;y"; c` on semicolons outside quotes."""
-    parts, current, quoted = [], [], False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
     for char in item:
         if char == '"':
             quoted = not quoted

@@ -126,10 +126,10 @@ def parse_tag(name: str, parameter: str) -> int:
         raise BadRequest(
             f"{parameter}: sequence (dotted) matching keys are not supported", parameter=parameter
         )
-    tag = tag_for_keyword(name)
-    if tag is None:
+    found = tag_for_keyword(name)
+    if found is None:
         raise BadRequest(f"unknown query parameter or attribute: {name}", parameter=parameter)
-    return tag
+    return found
 
 
 def parse_match(tag: int, value: str, parameter: str) -> Match:

@@ -8,7 +8,7 @@ naming itself. Views and the engine never see SQLAlchemy, pynetdicom or requests
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -77,9 +77,12 @@ class Connector(Protocol):
         under `bulk_base` + `/studies/{s}/series/{se}/instances/{i}/bulk/{tag}`. Raises NotFound."""
         ...
 
-    def retrieve_instances(self, ref: ResourceRef, transfer_syntax: str) -> Iterator[Part10]:
+    def retrieve_instances(
+        self, ref: ResourceRef, transfer_syntax: str
+    ) -> Generator[Part10, None, None]:
         """Streams the instances under `ref`; `transfer_syntax` "*" means as stored. Raises
-        NotFound before the first object when nothing is there."""
+        NotFound before the first object when nothing is there. Closing the generator early
+        releases the backend (aborts the association, closes the upstream response)."""
         ...
 
     def check(self) -> None:

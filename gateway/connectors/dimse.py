@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from io import BytesIO
 
 from pydicom import dcmread
@@ -161,7 +161,9 @@ class DimseConnector:
         return Target(ref.level, ref.study, ref.series, ref.instance, instances,
                       tuple(sorted(classes)) if known else None)
 
-    def retrieve_instances(self, ref: ResourceRef, transfer_syntax: str) -> Iterator[Part10]:
+    def retrieve_instances(
+        self, ref: ResourceRef, transfer_syntax: str
+    ) -> Generator[Part10, None, None]:
         """C-GET of the instances under `ref`, streamed (see `dimse_get`). Raises NotFound
         before the first object when the C-FIND finds nothing."""
         if self.dimse.retrieve_method == "C-MOVE":
