@@ -7,6 +7,7 @@ Built once, on the first start; delete the directory to rebuild it.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import shutil
 import sqlite3
@@ -59,12 +60,22 @@ def sample_paths() -> Iterator[Path]:
 
 
 def ensure_demo_archive(directory: str) -> None:
+    """Builds the archive unless it exists. gunicorn workers start together: the first one
+    builds it under an exclusive lock, the others wait for it and find it done."""
     root = Path(directory)
     index = root / "index.sqlite"
     if index.exists():
         return
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not index.exists():
+            _build(root, index)
+
+
+def _build(root: Path, index: Path) -> None:
     files = root / "files"
-    files.mkdir(parents=True, exist_ok=True)
+    files.mkdir(exist_ok=True)
     partial = root / "index.sqlite.partial"
     partial.unlink(missing_ok=True)
     with sqlite3.connect(partial) as db:

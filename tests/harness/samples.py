@@ -13,18 +13,11 @@ from typing import TypedDict
 import pydicom
 from pydicom.data import get_testdata_file
 
-SAMPLE_NAMES: tuple[str, ...] = (
-    "CT_small.dcm",  # CT, explicit VR little endian
-    "MR_small.dcm",  # MR, explicit VR little endian
-    "rtdose.dcm",  # RT Dose, 15 frames, implicit VR little endian
-    "examples_ybr_color.dcm",  # US, 30 frames, JPEG baseline
-    "emri_small.dcm",  # Enhanced MR, 10 frames (pydicom-data)
-    "JPGLosslessP14SV1_1s_1f_8b.dcm",  # JPEG lossless SV1 (pydicom-data)
-    "SC_rgb_rle.dcm",  # secondary capture, RLE lossless
-    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline, same study and series as SC_rgb_rle.dcm
-    "liver.dcm",  # Segmentation, 3 frames (pydicom-data)
-    "693_J2KI.dcm",  # CT, JPEG 2000
-)
+from gateway.demo import SAMPLE_NAMES as DEMO_SAMPLES
+
+# The demo archive's sample set (CT, MR, multi-frame RT dose / ultrasound / enhanced MR, JPEG
+# baseline and lossless, RLE, JPEG 2000, a segmentation): the tests use the same real files.
+SAMPLE_NAMES: tuple[str, ...] = DEMO_SAMPLES
 
 class SampleInfo(TypedDict):
     """Ground truth for one sample file. Strings are the file's values as pydicom reads them

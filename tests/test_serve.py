@@ -1,0 +1,53 @@
+"""The way the README runs the gateway: `gunicorn wsgi:app` with gunicorn.conf.py and the
+configuration named by GATEWAY_CONFIG, here the default demo configuration in a temporary folder."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.harness import samples
+from tests.harness.ports import free_port
+from tests.harness.procs import stop_process
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "gunicorn did not become ready"
+        time.sleep(0.1)
+
+
+def test_gunicorn_serves_the_demo_archive(tmp_path):
+    config = (ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(tmp_path / "demo"))
+    (tmp_path / "gateway.yml").write_text(config)
+    port = free_port()
+    env = {**os.environ, "GATEWAY_CONFIG": str(tmp_path / "gateway.yml"),
+           "GATEWAY_BIND": f"127.0.0.1:{port}", "GATEWAY_WORKERS": "2"}
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(f"{base}/healthz", proc, log)
+        r = requests.get(f"{base}/dicomweb/studies", timeout=10)
+        assert r.status_code == 200
+        assert r.headers["Content-Type"] == "application/dicom+json"
+        assert sorted(d["0020000D"]["Value"][0] for d in r.json()) == samples.studies()
+        ready = requests.get(f"{base}/readyz", timeout=10)
+        assert ready.json() == {"ready": True, "connectors": {"demo": "ok"}}
+    finally:
+        stop_process(proc)
