@@ -212,3 +212,17 @@ def test_series_metadata_has_the_instance_attributes_and_bulk_uri(client):
         "BulkDataURI": f"{BASE}/studies/{CT['StudyInstanceUID']}/series/{CT['SeriesInstanceUID']}"
         f"/instances/{CT['SOPInstanceUID']}/bulk/7FE00010",
     }
+
+
+def test_deactivated_criterion_is_not_sent_to_the_connector(tmp_path):
+    text = (ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(tmp_path))
+    data = yaml.safe_load(text)
+    data["connector"]["config"]["demo"]["search-criteria"] = {"deactivated": ["PATIENT_ID"]}
+    app = create_app(load_settings_from_dict(data))
+    try:
+        web = app.test_client()
+        assert web.get("/dicomweb/studies?PatientID=1CT1").get_json() == []
+        (found,) = web.get("/dicomweb/studies?PatientName=CompressedSamples^CT1").get_json()
+        assert found["00100020"]["Value"] == ["1CT1"]  # other criteria still reach it
+    finally:
+        app.extensions["gateway"].close()
