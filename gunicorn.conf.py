@@ -9,5 +9,22 @@ threads = int(os.environ.get("GATEWAY_THREADS", "16"))
 timeout = 120  # a worker silent this long is restarted; streaming threads keep it alive
 graceful_timeout = 30
 keepalive = 5
+# The gateway decides which forwarded headers to trust (gateway.trust-proxy), not gunicorn.
+secure_scheme_headers: dict[str, str] = {}
+forwarded_allow_ips = ""
 accesslog = None  # the gateway logs one line per request itself, without query strings
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"}
+    },
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "gateway": {"level": loglevel.upper(), "handlers": ["stderr"], "propagate": False},
+        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "pynetdicom": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
+    },
+    "root": {"level": "WARNING", "handlers": ["stderr"]},
+}

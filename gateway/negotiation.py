@@ -85,9 +85,7 @@ def negotiate_json(header: str | None) -> str:
     for r in ranges:
         if r.mimetype in (DICOM_JSON, "application/json", "*/*", "application/*"):
             return DICOM_JSON if r.mimetype != "application/json" else "application/json"
-    raise NotAcceptable(
-        "acceptable media types are application/dicom+json and application/json"
-    )
+    raise NotAcceptable("acceptable media types are application/dicom+json and application/json")
 
 
 def negotiate_instances(header: str | None) -> str:
@@ -109,6 +107,23 @@ def negotiate_instances(header: str | None) -> str:
             return EXPLICIT_VR_LITTLE_ENDIAN
         if syntax == "*" or is_uid(syntax):
             return syntax
-    raise NotAcceptable(
-        'instances are served as multipart/related; type="application/dicom"'
-    )
+    raise NotAcceptable('instances are served as multipart/related; type="application/dicom"')
+
+
+def negotiate_bulk(header: str | None) -> bool:
+    """Bulk data (PS3.18 8.7.3.4): True for `multipart/related; type="application/octet-stream"`,
+    False for a single `application/octet-stream` body, which is also what a browser's
+    `*/*` gets; anything else is a 406."""
+    if not (header or "").strip():
+        return False
+    for r in parse_accept(header):
+        if r.mimetype == "multipart/related" and (
+            r.param("type") or "application/octet-stream"
+        ) in (
+            "application/octet-stream",
+            "*/*",
+        ):
+            return True
+        if r.mimetype in ("application/octet-stream", "*/*", "application/*"):
+            return False
+    raise NotAcceptable("bulk data is served as application/octet-stream")

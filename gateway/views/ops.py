@@ -12,13 +12,13 @@ from ..web import gateway, json_response
 bp = Blueprint("ops", __name__)
 
 
-@bp.get("/healthz")
+@bp.get("/healthz", strict_slashes=False)
 def healthz() -> Response:
     """The process is alive and serving requests."""
     return json_response({"status": "ok"}, "application/json")
 
 
-@bp.get("/readyz")
+@bp.get("/readyz", strict_slashes=False)
 def readyz() -> Response:
     """Each connector reachable (C-ECHO, SELECT 1, an upstream QIDO): 200, else 503."""
     backends = gateway().engine.backends

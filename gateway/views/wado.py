@@ -6,9 +6,10 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, request
 
+from .. import bulk
 from ..connectors.base import Part10, ResourceRef
 from ..multipart import encode, new_boundary
-from ..negotiation import DICOM_JSON, negotiate_instances, negotiate_json
+from ..negotiation import DICOM_JSON, negotiate_bulk, negotiate_instances, negotiate_json
 from ..query import check_uid
 from ..web import connector_ids, dicomweb_base, gateway, json_response
 
@@ -30,7 +31,10 @@ def _parts(stream: Iterator[Part10]) -> Iterator[tuple[str, bytes]]:
 
 
 def retrieve(
-    study: str, series: str | None = None, instance: str | None = None, connector_id: str | None = None
+    study: str,
+    series: str | None = None,
+    instance: str | None = None,
+    connector_id: str | None = None,
 ) -> Response:
     """Retrieve Study / Series / Instance: multipart/related; type="application/dicom"."""
     transfer_syntax = negotiate_instances(request.headers.get("Accept"))
@@ -42,7 +46,10 @@ def retrieve(
 
 
 def metadata(
-    study: str, series: str | None = None, instance: str | None = None, connector_id: str | None = None
+    study: str,
+    series: str | None = None,
+    instance: str | None = None,
+    connector_id: str | None = None,
 ) -> Response:
     """Retrieve Study / Series / Instance Metadata as DICOM JSON (PS3.18 10.4.1.1.2)."""
     mimetype = negotiate_json(request.headers.get("Accept"))
@@ -52,6 +59,35 @@ def metadata(
     return json_response(datasets, mimetype if mimetype != DICOM_JSON else DICOM_JSON)
 
 
+def retrieve_bulkdata(
+    study: str, series: str, instance: str, path: str, connector_id: str | None = None
+) -> Response:
+    """Retrieve Bulkdata (PS3.18 10.4.1.1.4): the value of a BulkDataURI the gateway emitted."""
+    multipart = negotiate_bulk(request.headers.get("Accept"))
+    tag_path = bulk.parse_path(path)
+    ref = _ref(study, series, instance)
+    stream = gateway().engine.retrieve_instances(ref, connector_ids(connector_id), "*")
+    try:
+        value, syntax = bulk.extract(next(stream).data, tag_path)
+    finally:
+        stream.close()
+    content_type = f"application/octet-stream; transfer-syntax={syntax}"
+    if not multipart:
+        return Response(value, content_type="application/octet-stream")
+    boundary = new_boundary()
+    return Response(
+        encode([(content_type, value)], boundary),
+        content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
+    )
+
+
+bp.add_url_rule(
+    "/studies/<study>/series/<series>/instances/<instance>/bulk/<path:path>",
+    "retrieve_bulkdata",
+    retrieve_bulkdata,
+    methods=["GET"],
+)
+
 _RESOURCES = (
     ("/studies/<study>", "study"),
     ("/studies/<study>/series/<series>", "series"),
@@ -60,5 +96,9 @@ _RESOURCES = (
 for _rule, _name in _RESOURCES:
     bp.add_url_rule(_rule, f"retrieve_{_name}", retrieve, methods=["GET"], strict_slashes=False)
     bp.add_url_rule(
-        f"{_rule}/metadata", f"retrieve_{_name}_metadata", metadata, methods=["GET"], strict_slashes=False
+        f"{_rule}/metadata",
+        f"retrieve_{_name}_metadata",
+        metadata,
+        methods=["GET"],
+        strict_slashes=False,
     )
