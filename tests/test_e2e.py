@@ -154,6 +154,16 @@ def test_retrieve_study_instance_and_metadata(gateway, archive):
             f"{gateway.url}/archives/{archive}/dicomweb/studies/{study}/series/{series}/instances/{sop}/bulk/")
 
 
+@pytest.mark.parametrize("archive", ARCHIVES)
+def test_bulk_data_uris_resolve_through_the_gateway(gateway, archive):
+    info = samples.sample_index()["MR_small.dcm"]
+    gw = client(gateway, archive)
+    (metadata,) = gw.retrieve_series_metadata(info["StudyInstanceUID"], info["SeriesInstanceUID"])
+    uri = metadata["7FE00010"]["BulkDataURI"]
+    assert uri.startswith(gateway.url)
+    assert gw.retrieve_bulkdata(uri) == [pydicom.dcmread(info["path"]).PixelData]
+
+
 def test_merged_root_lists_each_study_once(gateway, direct):
     merged = client(gateway).search_for_studies()
     assert uids(merged, "0020000D") == samples.studies()

@@ -226,3 +226,29 @@ def test_deactivated_criterion_is_not_sent_to_the_connector(tmp_path):
         assert found["00100020"]["Value"] == ["1CT1"]  # other criteria still reach it
     finally:
         app.extensions["gateway"].close()
+
+
+@pytest.mark.parametrize(
+    ("accept", "multipart"),
+    [(None, False), ("text/html,application/xhtml+xml,*/*;q=0.8", False),
+     ("application/octet-stream", False),
+     ('multipart/related; type="application/octet-stream"', True)],
+)
+def test_bulk_data_uri_from_metadata_resolves_to_the_pixel_data(client, accept, multipart):
+    url = f"/dicomweb/studies/{CT['StudyInstanceUID']}/series/{CT['SeriesInstanceUID']}/metadata"
+    uri = client.get(url).get_json()[0]["7FE00010"]["BulkDataURI"]
+    r = client.get(uri.removeprefix("http://localhost"), headers={"Accept": accept} if accept else {})
+    assert r.status_code == 200
+    pixels = pydicom.dcmread(CT["path"]).PixelData
+    if multipart:
+        ((mimetype, _, body),) = parts(r)
+        assert mimetype == "application/octet-stream" and body == pixels
+    else:
+        assert r.headers["Content-Type"] == "application/octet-stream" and r.data == pixels
+
+
+def test_bulk_data_errors(client):
+    base = f"/dicomweb/studies/{CT['StudyInstanceUID']}/series/{CT['SeriesInstanceUID']}/instances/{CT['SOPInstanceUID']}/bulk"
+    assert client.get(f"{base}/00091001").status_code == 404
+    assert client.get(f"{base}/zz").get_json()["parameter"] == "bulk"
+    assert client.get(f"{base}/7FE00010", headers={"Accept": "image/png"}).status_code == 406
