@@ -12,8 +12,8 @@ import decimal
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 from .query import SERIES_UID, SOP_UID, STUDY_UID, Level, SearchQuery
@@ -24,6 +24,7 @@ _NUMBER_STRING_VRS = {"IS", "DS"}
 _BINARY_NUMBER_VRS = {"US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"}
 _BULK_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 _SINGLE_VALUED_TEXT_VRS = {"LT", "ST", "UT", "UR"}  # never split on backslash (PS3.5 6.2)
+_PIXEL_DATA = 0x7FE00010
 
 
 def key(tag: int) -> str:
@@ -106,13 +107,25 @@ def _json_number(vr: str, value: Any) -> Any:
     return number
 
 
+def _clock(value: dt.time | dt.datetime) -> str:
+    """HHMMSS, and .FFFFFF when there is a fraction of a second (PS3.5 Table 6.2-1, TM)."""
+    text = value.strftime("%H%M%S")
+    return f"{text}.{value.microsecond:06d}" if value.microsecond else text
+
+
 def _json_string(vr: str, value: Any) -> Any:
+    """Text of a string VR; dates and times as DA, TM or DT (PS3.5 Table 6.2-1), a DT with
+    its UTC offset when the value has one."""
     if isinstance(value, dt.datetime):
-        return value.strftime({"DA": "%Y%m%d", "TM": "%H%M%S"}.get(vr, "%Y%m%d%H%M%S"))
+        if vr == "DA":
+            return value.strftime("%Y%m%d")
+        if vr == "TM":
+            return _clock(value)
+        return value.strftime("%Y%m%d") + _clock(value) + value.strftime("%z")
     if isinstance(value, dt.date):
         return value.strftime("%Y%m%d")
     if isinstance(value, dt.time):
-        return value.strftime("%H%M%S")
+        return _clock(value)
     text = str(value)
     text = text.rstrip(" \x00") if vr != "UI" else text.rstrip("\x00 ")
     if vr not in _SINGLE_VALUED_TEXT_VRS:
@@ -182,23 +195,31 @@ def bulk_uri(base: str, study: str, series: str, instance: str, path: tuple[str,
 def from_pydicom(ds: Dataset, bulk: BulkHandler | None = None) -> JsonDataset:
     """A pydicom dataset as DICOM JSON. Binary values (OB, OW, ..., UN) become BulkDataURIs made
     by `bulk` from their tag path or, without it, are left out. Text is already decoded by
-    pydicom from its SpecificCharacterSet, so SpecificCharacterSet is dropped (JSON is UTF-8)."""
+    pydicom from its SpecificCharacterSet, so SpecificCharacterSet is dropped (JSON is UTF-8).
+    A binary value that `dcmread(defer_size=...)` left unread is never read: its BulkDataURI is
+    written from the element's header alone."""
     return _from_pydicom(ds, (), bulk)
 
 
 def _from_pydicom(ds: Dataset, path: tuple[str, ...], bulk: BulkHandler | None) -> JsonDataset:
     out: JsonDataset = {}
-    for elem in ds:
-        tag_key = key(int(elem.tag))
-        if elem.tag.element == 0 or tag_key == "00080005":
+    for tag in list(ds.keys()):  # not `in ds`: a Dataset's iterator reads deferred values
+        tag_key = key(int(tag))
+        if tag.element == 0 or tag_key == "00080005":
             continue
+        deferred = _deferred_bulk_vr(ds.get_item(tag, keep_deferred=True))
+        if deferred is not None:
+            if bulk is not None:
+                out[tag_key] = {"vr": deferred, "BulkDataURI": bulk((*path, tag_key))}
+            continue
+        elem = ds[tag]
         if elem.VR == "SQ":
             items = [
                 _from_pydicom(item, (*path, tag_key, str(i)), bulk)
                 for i, item in enumerate(elem.value)
             ]
             out[tag_key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-        elif elem.VR in _BULK_VRS or elem.tag == 0x7FE00010:
+        elif elem.VR in _BULK_VRS or elem.tag == _PIXEL_DATA:
             if bulk is None:
                 continue
             vr = elem.VR if elem.VR in _BULK_VRS else "OW"
@@ -208,6 +229,19 @@ def _from_pydicom(ds: Dataset, path: tuple[str, ...], bulk: BulkHandler | None) 
         else:
             out[tag_key] = _plain_element(elem)
     return {k: out[k] for k in sorted(out)}
+
+
+def _deferred_bulk_vr(raw: DataElement | RawDataElement) -> str | None:
+    """The VR of a binary element whose value pydicom left unread (`dcmread(defer_size=...)`),
+    taken from its header so the value is never read; None for any other element. Pixel Data
+    and the OB-or-OW elements without an explicit VR are OW (PS3.5 A.1, implicit VR)."""
+    if not isinstance(raw, RawDataElement) or raw.value is not None or not raw.length:
+        return None
+    tag = int(raw.tag)
+    vr = raw.VR or (dictionary_VR(tag) if dictionary_has_tag(tag) else "UN")
+    if vr in _BULK_VRS:
+        return vr
+    return "OW" if tag == _PIXEL_DATA or vr in ("OB or OW", "US or OW") else None
 
 
 def _plain_element(elem: DataElement) -> dict[str, Any]:

@@ -14,6 +14,8 @@ ConnectorType = Literal["DB", "DICOM", "DICOM_WEB"]
 AuthType = Literal["BASIC", "OAUTH2", "NONE"]
 RetrieveMethod = Literal["C-GET", "C-MOVE"]
 QueryModel = Literal["auto", "relational", "hierarchical"]
+#: How a DB connector asks its `wado` endpoint for one instance (PS3.18 9.4 or 10.4).
+WadoProtocol = Literal["WADO-URI", "WADO-RS"]
 
 #: The five identifier criteria of the seed's `search-criteria.deactivated`.
 CRITERIA = (
@@ -130,6 +132,9 @@ class DbConnector:
     password: str | None = None
     driver: str | None = None
     wado: Authentication | None = None
+    # gateway addition (`wado.protocol`): how instances are fetched from `wado` when the select
+    # has no file-path column
+    wado_protocol: WadoProtocol = "WADO-URI"
 
 
 @dataclass(frozen=True)

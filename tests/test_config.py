@@ -227,6 +227,31 @@ def test_none_authentication_uses_top_level_server() -> None:
     assert auth is not None and auth.base_url == "http://127.0.0.1:8080/wado"
 
 
+@pytest.mark.parametrize(("protocol", "expected"), [
+    (None, "WADO-URI"), ("WADO-URI", "WADO-URI"), ("wado-rs", "WADO-RS")])
+def test_db_wado_protocol(protocol: str | None, expected: str) -> None:
+    wado: dict[str, Any] = {"authentication": NONE_AUTH}
+    if protocol is not None:
+        wado["protocol"] = protocol
+    db = load(change(base(), f"{DB}.wado", wado)).connector("db").db
+    assert db is not None and db.wado_protocol == expected
+    assert db.wado == Authentication(type="NONE", server=Server(
+        url="http://127.0.0.1:8042", context="/wado"))
+
+
+@pytest.mark.parametrize(("uri", "driver"), [
+    ("jdbc:postgresql://db.example:5432/pacs", "org.postgresql.Driver"),
+    ("jdbc:mariadb://db.example/pacs", "org.mariadb.jdbc.Driver"),
+    ("jdbc:mysql://db.example/pacs", "org.mariadb.jdbc.Driver"),  # one family
+    ("postgresql+psycopg://db.example/pacs", "psycopg2"),
+    ("jdbc:oracle:thin:@//ora1:1521/pacs", None),
+])
+def test_database_uri_and_driver_accepted(uri: str, driver: str | None) -> None:
+    data = change(change(base(), f"{DB}.uri", uri), f"{DB}.driver", driver)
+    db = load(data).connector("db").db
+    assert db is not None and (db.uri, db.driver) == (uri, driver)
+
+
 def test_example_config_loads() -> None:
     env = {"DB_PASSWORD": "db-pw", "PACS_WEB_PASSWORD": "web-pw", "OIDC_CLIENT_SECRET": "cs"}
     settings = load_settings(EXAMPLE, env)
@@ -237,6 +262,7 @@ def test_example_config_loads() -> None:
     assert settings.gateway.public_url == "https://gw.example.org/dicomweb-gateway"
     db = settings.connector("pacs-db").db
     assert db is not None and db.password == "db-pw"
+    assert db.query.file_path_column == "file_path" and db.wado_protocol == "WADO-URI"
     dimse = settings.connector("pacs-dimse").dicom
     assert dimse is not None and dimse.wado is not None and dimse.wado.basic is not None
     assert dimse.wado.basic.password == "change-me"  # '{base64}Y2hhbmdlLW1l'
@@ -251,6 +277,8 @@ def test_example_config_loads() -> None:
 # Errors name the key path exactly
 
 C = "connector.config"
+DB = f"{C}.db.db-connector"
+NONE_AUTH = {"type": "NONE", "server": {"url": "http://127.0.0.1:8042", "context": "/wado"}}
 DIMSE = f"{C}.dimse.dicom-connector.dimse"
 QIDO_AUTH = f"{C}.web.dicom-web-connector.qido-rs.authentication"
 WADO_AUTH = f"{C}.dimse.dicom-connector.wado.authentication"
@@ -350,6 +378,30 @@ ERROR_CASES: list[tuple[str, list[tuple[str, Any]], str]] = [
     ("bad base64", [(f"{C}.db.db-connector.password", "{base64}not base64!${DB_PW}")],
      (f"{C}.db.db-connector.password: "
      "Not valid {base64} text: standard, padded base64 of UTF-8 text expected.")),
+    ("unknown JDBC scheme", [(f"{DB}.uri", "jdbc:h2:mem:pacs")],
+     (f"{DB}.uri: Unsupported JDBC URL (supported: jdbc:postgresql, jdbc:mysql, jdbc:mariadb, "
+      "jdbc:sqlserver, jdbc:oracle, jdbc:sqlite).")),
+    ("unknown database", [(f"{DB}.uri", "mongodb://127.0.0.1/pacs")],
+     (f"{DB}.uri: Unsupported database in the uri (supported: postgresql, mysql, mariadb, "
+      "mssql, oracle, sqlite).")),
+    ("uri with a bad port and a password", [(f"{DB}.uri", "postgresql://u:${DB_PW}@h:x1/pacs")],
+     f"{DB}.uri: The database uri has an invalid port."),
+    ("driver of another database",
+     [(f"{DB}.uri", "jdbc:postgresql://127.0.0.1/pacs"), (f"{DB}.driver", "com.mysql.cj.jdbc.Driver")],
+     f"{DB}.driver: The driver is for mysql, but the uri is a postgresql URL."),
+    ("unknown driver class", [(f"{DB}.driver", "com.example.Driver")],
+     (f"{DB}.driver: Unknown JDBC driver class (known: org.postgresql.Driver, "
+      "com.mysql.cj.jdbc.Driver, com.mysql.jdbc.Driver, org.mariadb.jdbc.Driver, "
+      "com.microsoft.sqlserver.jdbc.SQLServerDriver, oracle.jdbc.OracleDriver, "
+      "oracle.jdbc.driver.OracleDriver, org.sqlite.JDBC).")),
+    ("table-qualified file-path column", [(f"{DB}.query.file-path-column", "i.path")],
+     (f"{DB}.query.file-path-column: "
+      "Not a label of the select (a column alias such as file_path, not table-qualified).")),
+    ("unknown wado protocol", [(f"{DB}.wado", {"protocol": "DIMSE", "authentication": NONE_AUTH})],
+     f"{DB}.wado.protocol: Must be one of: WADO-URI, WADO-RS."),
+    ("protocol outside a DB connector", [(f"{WADO_AUTH[:-len('.authentication')]}.protocol",
+                                          "WADO-RS")],
+     f"{C}.dimse.dicom-connector.wado.protocol: Unknown key."),
 ]
 
 

@@ -35,6 +35,12 @@ Rules beyond the shape:
   upstream, a gateway addition) needs server.url. The sub-block the type does not select may be
   present, as Viewer-Hub files fill both: it is loaded when complete and ignored otherwise.
 - `dicom-web-connector.wado-rs` defaults to `qido-rs`.
+- `db-connector.uri` and `driver` are checked as the DB connector maps them
+  (`connectors.db_url.to_sqlalchemy_url`): a SQLAlchemy URL or a JDBC URL of a supported
+  database; a DB-API driver name, or a JDBC driver class for the URL's database.
+- `db-connector.query.file-path-column` is a label of the select (its alias), not a
+  table-qualified column. `db-connector.wado.protocol` (a gateway addition, only in a DB
+  connector's `wado`): WADO-URI (default) or WADO-RS.
 - TLS material is PEM only: `keyStore.url` is a PEM file with the certificate chain and the
   private key, `keyStorePassword` (default: `password`) the key's passphrase; `truststore.url` is
   a PEM bundle of CA certificates. Another `type` (JKS, PKCS12) is an error.

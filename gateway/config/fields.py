@@ -20,6 +20,7 @@ BASE64_PREFIX = "{base64}"
 _ID = re.compile(r"[A-Za-z0-9_-]+")
 _IDENT = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"[^"]+"|`[^`]+`)'
 _COLUMN = re.compile(rf"{_IDENT}(?:\.{_IDENT})*")
+_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 5.6.2 token
 _TAG = re.compile(r"\(?(?:0[xX])?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
 
@@ -227,6 +228,14 @@ def ts_uid(value: str) -> None:
     """A transfer syntax UID (PS3.5 9.1) or "*" (as stored)."""
     if value != "*" and not (len(value) <= 64 and re.fullmatch(r"[0-9]+(\.[0-9]+)*", value)):
         raise ValidationError("Not a UID (PS3.5 9.1) or '*'.")
+
+
+def label_name(value: str) -> None:
+    """A label of the select (a column alias as the database reports it), not table-qualified."""
+    if not _LABEL.fullmatch(value):
+        raise ValidationError(
+            "Not a label of the select (a column alias such as file_path, not table-qualified)."
+        )
 
 
 def column_name(value: str) -> None:

@@ -20,6 +20,7 @@ from marshmallow import (
 )
 
 from .. import settings as s
+from ..connectors.db_url import to_sqlalchemy_url
 from .fields import (
     AeTitle,
     Choice,
@@ -35,6 +36,7 @@ from .fields import (
     Text,
     column_name,
     http_url,
+    label_name,
     ts_uid,
 )
 
@@ -156,6 +158,17 @@ class WadoSchema(Block):
         return auth
 
 
+class DbWadoSchema(WadoSchema):
+    """A DB connector's `wado`, with `protocol` (a gateway addition): how instances are fetched
+    from it when the select has no file-path column."""
+
+    protocol = Choice(("WADO-URI", "WADO-RS"))
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        return {"wado": data["authentication"], "wado_protocol": data.get("protocol", "WADO-URI")}
+
+
 class TimeoutsSchema(Block):
     connect, read, request = Seconds(), Seconds(), Seconds()
     acse, dimse, network = Seconds(), Seconds(), Seconds()
@@ -197,7 +210,7 @@ class QuerySchema(Block):
     study_instance_uid_column = Text(data_key="study-instance-uid-column", validate=column_name)
     serie_instance_uid_column = Text(data_key="serie-instance-uid-column", validate=column_name)
     sop_instance_uid_column = Text(data_key="sop-instance-uid-column", validate=column_name)
-    file_path_column = Text(data_key="file-path-column", validate=column_name)
+    file_path_column = Text(data_key="file-path-column", validate=label_name)
     file_path_root = Text(data_key="file-path-root")
 
     @post_load
@@ -208,11 +221,28 @@ class QuerySchema(Block):
 class DbSchema(Block):
     user, password, uri, driver = Text(), Secret(), Text(required=True), Text()
     query = fields.Nested(QuerySchema, required=True)
-    wado = fields.Nested(WadoSchema)
+    wado = fields.Nested(DbWadoSchema)
+
+    @validates_schema
+    def _database_url(self, data: dict[str, Any], **kw: Any) -> None:
+        """`uri` and `driver` as the connector will map them (`db_url.to_sqlalchemy_url`): a
+        URL or driver it cannot use stops the start, naming the key."""
+        if "uri" not in data:
+            return
+        for key, driver in (("uri", None), ("driver", data.get("driver"))):
+            try:
+                to_sqlalchemy_url(data["uri"], driver)
+            except ValueError as err:
+                raise ValidationError({key: [_sentence(str(err))]}) from None
 
     @post_load
     def _make(self, data: dict[str, Any], **kw: Any) -> s.DbConnector:
+        data.update(data.pop("wado", None) or {})
         return s.DbConnector(**data)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:].rstrip(".") + "."
 
 
 class TlsSchema(Block):

@@ -11,7 +11,7 @@ def build_connector(connector: ConnectorSettings, settings: Settings) -> Connect
     if connector.type == "DB":
         from .db import DbConnector
 
-        return DbConnector(connector)
+        return DbConnector(connector, settings.oidc_client)
     if connector.type == "DICOM":
         from .dimse import DimseConnector
 

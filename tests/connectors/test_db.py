@@ -15,9 +15,11 @@ import pytest
 import sqlalchemy as sa
 
 from gateway import dicomjson
-from gateway.connectors import db_sql
+from gateway.connectors import db_match, db_sql
 from gateway.connectors.base import ResourceRef, SearchResult
-from gateway.connectors.db import DbConnector, plain_value, to_sqlalchemy_url
+from gateway.connectors.db import DbConnector
+from gateway.connectors.db_sql import plain_value
+from gateway.connectors.db_url import to_sqlalchemy_url
 from gateway.dicomjson import first, tag_of
 from gateway.errors import ConnectorError, NotAcceptable, NotFound
 from gateway.query import SERIES_UID, SOP_UID, STUDY_UID, Level, parse_search
@@ -427,20 +429,45 @@ def test_metadata_from_the_file_with_bulk_data_uris(
     assert set(meta) == {k for k in dicomjson.from_pydicom(ds, bulk=lambda p: "x")}
 
 
-def test_retrieval_without_file_path_column(database: F.Database) -> None:
-    wado = Authentication("NONE", server=Server("http://127.0.0.1:9"))
+def test_retrieval_without_file_path_column_nor_wado(database: F.Database) -> None:
     base = settings(database, file_path_column="no_such_label")
-    assert base.db is not None
-    with_wado = DbSettings(uri=base.db.uri, query=base.db.query, wado=wado)
-    for db_settings, message in (
-        (base.db, "no file-path column"),
-        (with_wado, "retrieval through the wado endpoint is not implemented yet"),
-    ):
-        connector = DbConnector(ConnectorSettings(id="pacs", type="DB", db=db_settings))
-        with pytest.raises(ConnectorError) as error:
-            connector.retrieve_instances(ResourceRef(CT.study_iuid), "*")
+    connector = DbConnector(base)
+    try:
+        for attempt in (
+            lambda: connector.retrieve_instances(ResourceRef(CT.study_iuid), "*"),
+            lambda: connector.retrieve_metadata(ResourceRef(CT.study_iuid), BULK_BASE),
+        ):
+            with pytest.raises(ConnectorError) as error:
+                attempt()
+            assert (error.value.connector, error.value.message) == (
+                "pacs",
+                "no file-path column and no wado section",
+            )
+    finally:
         connector.close()
-        assert (error.value.connector, error.value.message) == ("pacs", message)
+
+
+def test_retrieval_through_an_unreachable_wado_endpoint(database: F.Database) -> None:
+    """Without a file-path column the wado section is used: the database is asked first
+    (NotFound before any request), then the endpoint, which refuses the connection."""
+    wado = Authentication("NONE", server=Server(f"http://127.0.0.1:{free_port()}"))
+    base = settings(database)
+    assert base.db is not None
+    query = DbQuery(select=F.SELECT)  # `stored_file` is not the default `file_path` label
+    db_settings = DbSettings(uri=base.db.uri, query=query, wado=wado)
+    connector = DbConnector(ConnectorSettings(id="pacs", type="DB", db=db_settings))
+    try:
+        with pytest.raises(NotFound):
+            connector.retrieve_instances(ResourceRef("1.2.3.4"), "*")
+        stream = connector.retrieve_instances(ResourceRef(CT.study_iuid), "*")
+        with pytest.raises(ConnectorError) as error:
+            next(stream)
+    finally:
+        connector.close()
+    assert (error.value.connector, error.value.message) == (
+        "pacs",
+        "WADO-URI retrieve failed: connection failed or lost",
+    )
 
 
 # ---- configuration, readiness, failures -----------------------------------------------------
@@ -578,18 +605,28 @@ def test_url_credentials_are_set_not_concatenated() -> None:
 @pytest.mark.parametrize(
     ("uri", "driver", "message"),
     [
-        ("jdbc:h2:mem:pacs", None, "jdbc:h2"),
-        ("mongodb://h/pacs", None, "mongodb"),
-        ("jdbc:postgresql://h/pacs", "com.mysql.cj.jdbc.Driver", "is for mysql"),
-        ("jdbc:mysql://h/pacs", "org.postgresql.Driver", "is for postgresql"),
-        ("jdbc:postgresql://h/pacs", "com.example.Driver", "unknown JDBC driver class"),
+        ("jdbc:h2:mem:pacs", None, "unsupported JDBC URL (supported: jdbc:postgresql, "),
+        ("mongodb://h/pacs", None, "unsupported database in the uri (supported: postgresql, "),
+        ("postgresql://u:pw-4711@h:port/pacs", None, "the database uri has an invalid port"),
+        ("jdbc:postgresql://h/pacs", "com.mysql.cj.jdbc.Driver", "driver is for mysql, but the uri"),
+        ("jdbc:mysql://h/pacs", "org.postgresql.Driver", "driver is for postgresql, but the uri"),
+        ("jdbc:postgresql://h/pacs", "com.example.Driver", "unknown JDBC driver class (known: "),
+        ("jdbc:postgresql://h/pacs", "mysql+pymysql", "driver is for another database"),
+        ("jdbc:postgresql://h/pacs", "psy copg", "invalid driver: a DB-API name"),
         ("jdbc:oracle:thin:@ora1:1521", None, "SID"),
         ("jdbc:mysql:loadbalance://h1,h2/pacs", None, "jdbc:mysql://host"),
+        ("jdbc:sqlserver://h;portNumber=x14;databaseName=pacs", None, "invalid port"),
     ],
 )
 def test_url_mapping_errors(uri: str, driver: str | None, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    """The message says what is wrong without repeating the configured text (the configuration
+    loader shows it beside the key path)."""
+    with pytest.raises(ValueError) as error:
         to_sqlalchemy_url(uri, driver)
+    text = str(error.value)
+    assert message in text
+    for configured in ("h2", "mongodb", "pw-4711", "com.example", "psy copg", "x14"):
+        assert configured not in text
 
 
 @pytest.mark.parametrize(
@@ -616,23 +653,36 @@ def test_file_path_and_unknown_labels() -> None:
     assert columns.file_path == "fs_path"
 
 
+UTC_PLUS_1 = dt.timezone(dt.timedelta(hours=1))
+
+
 @pytest.mark.parametrize(
     ("value", "vr", "expected"),
-    [
+    [  # DA YYYYMMDD, TM HHMMSS.FFFFFF, DT YYYYMMDDHHMMSS.FFFFFF&ZZXX (PS3.5 Table 6.2-1)
         (dt.datetime(2004, 1, 19, 7, 27, 30), "DA", "20040119"),
         (dt.datetime(2004, 1, 19, 7, 27, 30), "TM", "072730"),
         (dt.datetime(2004, 1, 19, 7, 27, 30, 500), "TM", "072730.000500"),
+        (dt.time(23, 59, 59, 500000), "TM", "235959.500000"),
         ("2004-01-19 07:27:30.000000", "TM", "072730"),
+        ("2004-01-19 07:27:30.250000", "TM", "072730.250000"),
+        ("07:27:30.5", "TM", "072730.500000"),
         ("2004-01-19", "DA", "20040119"),
+        (dt.date(2004, 1, 19), "TM", None),  # a date alone has no time of day
         (dt.timedelta(hours=7, minutes=5), "TM", "070500"),
+        (dt.timedelta(hours=7, minutes=5, microseconds=120000), "TM", "070500.120000"),
         (dt.datetime(2004, 1, 19, 7, 27, 30), "DT", "20040119072730"),
-        ("  DOE^J  ", "PN", "DOE^J"),
+        (dt.datetime(2004, 1, 19, 7, 27, 30, 5, UTC_PLUS_1), "DT", "20040119072730.000005+0100"),
+        (dt.date(2004, 1, 19), "DT", "20040119"),
+        ("  DOE^J  ", "PN", {"Alphabetic": "DOE^J"}),
         ("", "LO", None),
+        (b"CT ", "CS", "CT"),
         (15, "IS", 15),
     ],
 )
-def test_plain_values(value: Any, vr: str, expected: Any) -> None:
-    assert plain_value(value, vr) == expected
+def test_database_values_as_dicom_json(value: Any, vr: str, expected: Any) -> None:
+    """A row value through `plain_value` and `dicomjson.attribute`, as search answers are built."""
+    attr = dicomjson.attribute(0x00080030, plain_value(value, vr), vr)
+    assert attr.get("Value", [None])[0] == expected
 
 
 @pytest.mark.parametrize(
@@ -646,7 +696,7 @@ def test_plain_values(value: Any, vr: str, expected: Any) -> None:
     ],
 )
 def test_wildcard_patterns(value: str, like: str, glob: str) -> None:
-    assert (db_sql.like_pattern(value), db_sql.glob_pattern(value)) == (like, glob)
+    assert (db_match.like_pattern(value), db_match.glob_pattern(value)) == (like, glob)
 
 
 def test_no_connection_at_construction() -> None:

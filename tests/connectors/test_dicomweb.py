@@ -21,12 +21,12 @@ import pytest
 from gateway import dicomjson
 from gateway.connectors.base import ResourceRef
 from gateway.connectors.dicomweb import (
-    TOKEN_LEEWAY,
     DicomWebConnector,
     encode_query,
     search_pairs,
     search_path,
 )
+from gateway.connectors.http_upstream import TOKEN_LEEWAY
 from gateway.errors import ConnectorError, ConnectorTimeout, NotAcceptable, NotFound
 from gateway.query import SERIES_UID, SOP_UID, STUDY_UID, Level, SearchQuery, parse_search
 from gateway.settings import (
