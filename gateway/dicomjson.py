@@ -75,21 +75,27 @@ LEVEL_ATTRIBUTES = {
 }
 
 
-def return_tags(query: SearchQuery, scoped_study: bool, scoped_series: bool) -> tuple[int, ...]:
-    """Every tag an answer to `query` carries (PS3.18 10.6.3.3): the level's attributes, those
-    of the higher levels not fixed by the path, the matching keys and the includefields."""
-    tags: list[int] = list(LEVEL_ATTRIBUTES[query.level])
+def return_tags(
+    query: SearchQuery, scoped_study: bool, scoped_series: bool
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The tags an answer to `query` carries (PS3.18 10.6.3.3), as (required, optional):
+    required are the level's attributes, the UIDs of the parents, the matching keys and the
+    includefields; optional are the attributes of the higher levels that the path does not fix
+    (kept when the backend gives them: a study's counts are not part of a series answer)."""
+    required: list[int] = list(LEVEL_ATTRIBUTES[query.level])
+    optional: list[int] = []
     if query.level is not Level.STUDY:
-        tags.append(STUDY_UID)
+        required.append(STUDY_UID)
         if not scoped_study:
-            tags.extend(STUDY_ATTRIBUTES)
+            optional.extend(STUDY_ATTRIBUTES)
     if query.level is Level.IMAGE:
-        tags.append(SERIES_UID)
+        required.append(SERIES_UID)
         if not scoped_series:
-            tags.extend(SERIES_ATTRIBUTES)
-    tags.extend(m.tag for m in query.matches)
-    tags.extend(query.includefields)
-    return tuple(dict.fromkeys(tags))
+            optional.extend(SERIES_ATTRIBUTES)
+    required.extend(m.tag for m in query.matches)
+    required.extend(query.includefields)
+    keep = tuple(dict.fromkeys(required))
+    return keep, tuple(t for t in dict.fromkeys(optional) if t not in keep and t != 0x00081190)
 
 
 def _json_number(vr: str, value: Any) -> Any:
@@ -298,7 +304,8 @@ def first(data: Mapping[str, Any], tag: int) -> Any:
 
 
 def uid_of(data: Mapping[str, Any], level: Level) -> str | None:
-    return first(data, {Level.STUDY: STUDY_UID, Level.SERIES: SERIES_UID, Level.IMAGE: SOP_UID}[level])
+    value = first(data, {Level.STUDY: STUDY_UID, Level.SERIES: SERIES_UID, Level.IMAGE: SOP_UID}[level])
+    return str(value) if value is not None else None
 
 
 def retrieve_url(base: str, data: Mapping[str, Any], level: Level) -> str:
@@ -311,17 +318,24 @@ def retrieve_url(base: str, data: Mapping[str, Any], level: Level) -> str:
     return url
 
 
-def trim(data: Mapping[str, Any], tags: Iterable[int], include_all: bool) -> JsonDataset:
-    """An answer limited to `tags` (all of it with includefield=all); a required attribute the
-    backend did not give is present without a value (PS3.18 10.6.3.3)."""
-    wanted = {key(t): t for t in tags}
+def trim(
+    data: Mapping[str, Any], tags: Iterable[int], include_all: bool, optional: Iterable[int] = ()
+) -> JsonDataset:
+    """An answer limited to `tags` and, where the backend has them, `optional` (all of it with
+    includefield=all); a required attribute the backend did not give is present without a
+    value (PS3.18 10.6.3.3)."""
     conditional = {key(t) for t in CONDITIONAL_ATTRIBUTES}
     out: JsonDataset = {}
-    for k, tag in wanted.items():
+    for tag in tags:
+        k = key(tag)
         if k in data:
             out[k] = dict(data[k])
         elif k not in conditional:
             out[k] = attribute(tag, None)
+    for tag in optional:
+        k = key(tag)
+        if "Value" in data.get(k, {}):
+            out[k] = dict(data[k])
     if include_all:
         for k, attr in data.items():
             out.setdefault(k, dict(attr))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 from . import dicomjson, matching, transcode
@@ -74,9 +74,10 @@ class Engine:
             answer.warnings.append("There are additional results that can be requested")
         scoped_study = _scoped(query, STUDY_UID)
         scoped_series = _scoped(query, SERIES_UID)
-        tags = dicomjson.return_tags(query, scoped_study, scoped_series)
+        tags, optional = dicomjson.return_tags(query, scoped_study, scoped_series)
         for data in merged[query.offset : wanted]:
-            answer.datasets.append(_finish(data, query.level, tags, query.include_all, base_url))
+            out = dicomjson.trim(data, tags, query.include_all, optional)
+            answer.datasets.append(_finish(out, query.level, base_url))
         for _, result in results:
             answer.warnings.extend(result.warnings)
         return answer
@@ -127,7 +128,7 @@ class Engine:
 
     def retrieve_instances(
         self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str
-    ) -> Iterator[Part10]:
+    ) -> Generator[Part10, None, None]:
         """A stream of Part 10 objects whose first item has already been pulled, so that a
         missing resource or a dead backend is an error response, not a broken stream. The
         connector sends objects as stored; `transcode.deliver` re-encodes them as asked."""
@@ -145,7 +146,7 @@ class Engine:
 
 def _chain(
     first: Part10, rest: Generator[Part10, None, None], transfer_syntax: str
-) -> Iterator[Part10]:
+) -> Generator[Part10, None, None]:
     try:
         yield first
         for part in rest:
@@ -189,17 +190,11 @@ def _merge(query: SearchQuery, results: list[tuple[str, SearchResult]]) -> list[
     return list(merged.values())
 
 
-def _finish(
-    data: Mapping[str, dict[str, object]],
-    level: Level,
-    tags: tuple[int, ...],
-    include_all: bool,
-    base_url: str,
-) -> JsonDataset:
-    out = dicomjson.trim(data, tags, include_all)
+def _finish(out: JsonDataset, level: Level, base_url: str) -> JsonDataset:
+    """Sets the gateway's RetrieveURL and a default InstanceAvailability (ONLINE)."""
     out[dicomjson.key(_RETRIEVE_URL)] = {
         "vr": "UR",
-        "Value": [dicomjson.retrieve_url(base_url, data, level)],
+        "Value": [dicomjson.retrieve_url(base_url, out, level)],
     }
     availability = dicomjson.key(_INSTANCE_AVAILABILITY)
     if _INSTANCE_AVAILABILITY in dicomjson.LEVEL_ATTRIBUTES[level] and "Value" not in out.get(

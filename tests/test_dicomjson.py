@@ -75,11 +75,12 @@ def test_from_pydicom_pixel_data_becomes_a_bulk_data_uri():
 
 def test_series_answer_carries_study_attributes_when_not_scoped():
     query = parse_search(Level.SERIES, [])
-    tags = dicomjson.return_tags(query, scoped_study=False, scoped_series=False)
-    assert 0x00100010 in tags and 0x00080061 in tags and 0x00201209 in tags
+    tags, optional = dicomjson.return_tags(query, scoped_study=False, scoped_series=False)
+    assert 0x00201209 in tags and 0x0020000D in tags
+    assert 0x00100010 in optional and 0x00080061 in optional
     scoped = parse_search(Level.SERIES, [], {0x0020000D: "1.2"})
-    tags = dicomjson.return_tags(scoped, scoped_study=True, scoped_series=False)
-    assert 0x00100010 not in tags and 0x0020000D in tags
+    tags, optional = dicomjson.return_tags(scoped, scoped_study=True, scoped_series=False)
+    assert 0x00100010 not in tags + optional and 0x0020000D in tags
 
 
 def test_trim_adds_required_attributes_without_value_and_drops_the_rest():
@@ -90,3 +91,5 @@ def test_trim_adds_required_attributes_without_value_and_drops_the_rest():
     assert "00189999" not in out
     assert "00080201" not in out  # TimezoneOffsetFromUTC is conditional
     assert dicomjson.trim(data, (), include_all=True)["00189999"] == {"vr": "LO", "Value": ["x"]}
+    optional = dicomjson.trim(data, (), False, optional=(0x00189999, 0x00080061))
+    assert optional == {"00189999": {"vr": "LO", "Value": ["x"]}}  # absent optional ones left out

@@ -49,7 +49,8 @@ def request_keys(query: SearchQuery, universal: frozenset[int] = frozenset()) ->
     values (those in `universal` sent as universal matching)."""
     scoped_study = len(query.uids(STUDY_UID)) == 1
     scoped_series = len(query.uids(SERIES_UID)) == 1
-    tags = [t for t in dicomjson.return_tags(query, scoped_study, scoped_series)
+    required, optional = dicomjson.return_tags(query, scoped_study, scoped_series)
+    tags = [t for t in required + optional
             if t != RETRIEVE_URL and not (t in DERIVED and level_of(t, query.level) != query.level)]
     tags.extend(_PARENT_UIDS[query.level])
     keys: Keys = dict.fromkeys(tags)
