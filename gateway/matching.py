@@ -7,7 +7,6 @@ with `fuzzymatching=true` against a case-sensitive PACS).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,11 +30,27 @@ def _texts(attr: Mapping[str, Any] | None) -> list[str]:
     return out
 
 
-def _wildcard(pattern: str, fold: bool) -> re.Pattern[str]:
-    """PS3.4 C.2.2.2.4: `*` matches any sequence of characters, `?` any single character."""
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    flags = re.DOTALL | (re.IGNORECASE if fold else 0)
-    return re.compile("".join(parts) + r"\Z", flags)
+def wildcard_match(pattern: str, value: str, fold: bool = False) -> bool:
+    """PS3.4 C.2.2.2.4: `*` matches any sequence of characters, `?` any single character.
+    Greedy with one backtrack point (the last `*`): O(len(pattern) * len(value)) at worst,
+    so no pattern can make it slow (a regular expression with many `.*` can)."""
+    if fold:
+        pattern, value = pattern.casefold(), value.casefold()
+    p = v = 0
+    star, mark = -1, 0
+    while v < len(value):
+        if p < len(pattern) and pattern[p] in ("?", value[v]) and pattern[p] != "*":
+            p, v = p + 1, v + 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, mark, p = p, v, p + 1
+        elif star >= 0:
+            p, mark = star + 1, mark + 1
+            v = mark
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
 
 
 def _single(expected: str, values: list[str], fold: bool) -> bool:
@@ -64,11 +79,10 @@ def matches_one(match: Match, data: Mapping[str, Any], fuzzy: bool) -> bool:
         return False
     if match.kind == "single":
         if match.vr == "PN":
-            return any(_wildcard(match.values[0], fold).match(v) for v in values)
+            return any(wildcard_match(match.values[0], v, fold) for v in values)
         return _single(match.values[0], values, fold)
     if match.kind == "wildcard":
-        rx = _wildcard(match.values[0], fold)
-        return any(rx.match(v) for v in values)
+        return any(wildcard_match(match.values[0], v, fold) for v in values)
     if match.kind == "range":
         return _in_range(match.values[0], match.values[1], values)
     return any(v in match.values for v in values)  # list (PS3.4 C.2.2.2.2)

@@ -152,7 +152,8 @@ def parse_match(tag: int, value: str, parameter: str) -> Match:
     if "*" in value or "?" in value:
         if vr in _NO_WILDCARD_VRS:
             raise BadRequest(f"{parameter}: wildcards are not allowed for VR {vr}", parameter)
-        return Match(tag, "wildcard", (value,))
+        # "**" matches what "*" matches; collapsing keeps backend LIKE matchers fast
+        return Match(tag, "wildcard", (re.sub(r"\*+", "*", value),))
     if vr in ("IS", "DS", "US", "UL", "SS", "SL") and not re.match(r"^[+-]?\d+(\.\d+)?$", value):
         raise BadRequest(f"{parameter}: {value!r} is not a number", parameter=parameter)
     return Match(tag, "single", (value,))

@@ -43,3 +43,25 @@ ALL = frozenset({0x00100010, 0x00080020, 0x00080030, 0x00080061, 0x0020000D, 0x0
 def test_matches(pairs, expected):
     query = parse_search(Level.STUDY, pairs)
     assert matches(query, DATA, ALL | {0x00080050}) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("*", "", True),
+        ("", "", True),
+        ("?", "", False),
+        ("A*B", "AxxB", True),
+        ("A*B", "AxxBx", False),
+        ("*B*B", "aBcBdB", True),
+        ("a?c", "abc", True),
+        ("a?c", "ac", False),
+        ("**a**", "bab", True),
+        ("[ab]*", "[ab]x", True),  # brackets are literal in DICOM wildcards
+        ("*" * 15 + "b", "a" * 21, False),  # would take minutes with a backtracking regex
+    ],
+)
+def test_wildcard_match(pattern, value, expected):
+    from gateway.matching import wildcard_match
+
+    assert wildcard_match(pattern, value) is expected
