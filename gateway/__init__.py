@@ -46,7 +46,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         ensure_demo_archive(settings.gateway.demo_archive.directory)
     backends = [Backend(build_connector(c, settings), c) for c in settings.connectors]
     gw = Gateway(settings, Engine(backends))
-    log.info("connectors: %s; default: %s", [c.id for c in settings.connectors], list(settings.default))
+    log.info(
+        "connectors: %s; default: %s", [c.id for c in settings.connectors], list(settings.default)
+    )
 
     app = Flask(__name__)
     app.extensions["gateway"] = gw

@@ -91,27 +91,61 @@ def _add(db: sqlite3.Connection, source: Path, files: Path) -> int:
         return 0
     name = f"{ds.SOPInstanceUID}.dcm"
     shutil.copyfile(source, files / name)
-    patient = _row(db, "patient", "pat_id", str(ds.get("PatientID", "")), {
-        "pat_name": str(ds.get("PatientName", "")),
-        "pat_birthdate": ds.get("PatientBirthDate", ""),
-        "pat_sex": ds.get("PatientSex", ""),
-    })
-    study = _row(db, "study", "study_iuid", ds.StudyInstanceUID, {
-        "patient_fk": patient, "study_date": ds.get("StudyDate", ""),
-        "study_time": ds.get("StudyTime", ""), "accession_no": ds.get("AccessionNumber", ""),
-        "study_id": ds.get("StudyID", ""), "ref_physician": str(ds.get("ReferringPhysicianName", "")),
-        "study_desc": ds.get("StudyDescription", ""),
-    })
-    series = _row(db, "series", "series_iuid", ds.SeriesInstanceUID, {
-        "study_fk": study, "modality": ds.get("Modality", ""),
-        "series_no": _int(ds.get("SeriesNumber")), "series_desc": ds.get("SeriesDescription", ""),
-    })
-    _row(db, "instance", "sop_iuid", ds.SOPInstanceUID, {
-        "series_fk": series, "sop_cuid": ds.SOPClassUID, "inst_no": _int(ds.get("InstanceNumber")),
-        "num_rows": ds.get("Rows"), "num_columns": ds.get("Columns"),
-        "bits_allocated": ds.get("BitsAllocated"), "num_frames": _int(ds.get("NumberOfFrames")),
-        "tsuid": ds.file_meta.TransferSyntaxUID, "file_path": name,
-    })
+    patient = _row(
+        db,
+        "patient",
+        "pat_id",
+        str(ds.get("PatientID", "")),
+        {
+            "pat_name": str(ds.get("PatientName", "")),
+            "pat_birthdate": ds.get("PatientBirthDate", ""),
+            "pat_sex": ds.get("PatientSex", ""),
+        },
+    )
+    study = _row(
+        db,
+        "study",
+        "study_iuid",
+        ds.StudyInstanceUID,
+        {
+            "patient_fk": patient,
+            "study_date": ds.get("StudyDate", ""),
+            "study_time": ds.get("StudyTime", ""),
+            "accession_no": ds.get("AccessionNumber", ""),
+            "study_id": ds.get("StudyID", ""),
+            "ref_physician": str(ds.get("ReferringPhysicianName", "")),
+            "study_desc": ds.get("StudyDescription", ""),
+        },
+    )
+    series = _row(
+        db,
+        "series",
+        "series_iuid",
+        ds.SeriesInstanceUID,
+        {
+            "study_fk": study,
+            "modality": ds.get("Modality", ""),
+            "series_no": _int(ds.get("SeriesNumber")),
+            "series_desc": ds.get("SeriesDescription", ""),
+        },
+    )
+    _row(
+        db,
+        "instance",
+        "sop_iuid",
+        ds.SOPInstanceUID,
+        {
+            "series_fk": series,
+            "sop_cuid": ds.SOPClassUID,
+            "inst_no": _int(ds.get("InstanceNumber")),
+            "num_rows": ds.get("Rows"),
+            "num_columns": ds.get("Columns"),
+            "bits_allocated": ds.get("BitsAllocated"),
+            "num_frames": _int(ds.get("NumberOfFrames")),
+            "tsuid": ds.file_meta.TransferSyntaxUID,
+            "file_path": name,
+        },
+    )
     return 1
 
 
@@ -122,14 +156,19 @@ def _int(value: object) -> int | None:
         return None
 
 
-def _row(db: sqlite3.Connection, table: str, key: str, value: str, columns: dict[str, object]) -> int:
+def _row(
+    db: sqlite3.Connection, table: str, key: str, value: str, columns: dict[str, object]
+) -> int:
     """The primary key of the row whose `key` is `value`, inserted with `columns` if new.
     Table and column names are this module's constants; values are bound."""
     found = db.execute(f"SELECT pk FROM {table} WHERE {key} = ?", (value,)).fetchone()
     if found:
         return int(found[0])
     names = [key, *columns]
-    values = [value, *(None if v is None else str(v) if not isinstance(v, int) else v for v in columns.values())]
+    values = [
+        value,
+        *(None if v is None else str(v) if not isinstance(v, int) else v for v in columns.values()),
+    ]
     marks = ", ".join("?" for _ in names)
     cursor = db.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})", values)
     return int(cursor.lastrowid or 0)

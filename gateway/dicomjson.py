@@ -45,27 +45,59 @@ def _t(*keywords: str) -> tuple[int, ...]:
 
 #: PS3.18 Table 10.6.3-3 (study), 10.6.3-4 (series), 10.6.3-5 (instance) return attributes.
 STUDY_ATTRIBUTES = _t(
-    "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability", "ModalitiesInStudy",
-    "ReferringPhysicianName", "RetrieveURL", "PatientName", "PatientID", "PatientBirthDate",
-    "PatientSex", "StudyInstanceUID", "StudyID", "NumberOfStudyRelatedSeries",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "InstanceAvailability",
+    "ModalitiesInStudy",
+    "ReferringPhysicianName",
+    "RetrieveURL",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyID",
+    "NumberOfStudyRelatedSeries",
     "NumberOfStudyRelatedInstances",
 )
 SERIES_ATTRIBUTES = _t(
-    "Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
-    "NumberOfSeriesRelatedInstances", "PerformedProcedureStepStartDate",
-    "PerformedProcedureStepStartTime", "RetrieveURL",
+    "Modality",
+    "SeriesDescription",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "NumberOfSeriesRelatedInstances",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "RetrieveURL",
 )
 INSTANCE_ATTRIBUTES = _t(
-    "SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "InstanceNumber", "Rows", "Columns",
-    "BitsAllocated", "NumberOfFrames", "RetrieveURL",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "InstanceAvailability",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "NumberOfFrames",
+    "RetrieveURL",
 )
 #: Conditional attributes of those tables ("if known"): kept when the backend has them.
 CONDITIONAL_ATTRIBUTES = _t("TimezoneOffsetFromUTC", "RequestAttributesSequence")
 #: Study-level keys a search at SERIES or IMAGE level can still match on and return.
 PATIENT_STUDY_KEYS = _t(
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
-    "ReferringPhysicianName", "StudyDescription",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+    "StudyDescription",
 )
 
 LEVEL_ATTRIBUTES = {
@@ -304,7 +336,9 @@ def first(data: Mapping[str, Any], tag: int) -> Any:
 
 
 def uid_of(data: Mapping[str, Any], level: Level) -> str | None:
-    value = first(data, {Level.STUDY: STUDY_UID, Level.SERIES: SERIES_UID, Level.IMAGE: SOP_UID}[level])
+    value = first(
+        data, {Level.STUDY: STUDY_UID, Level.SERIES: SERIES_UID, Level.IMAGE: SOP_UID}[level]
+    )
     return str(value) if value is not None else None
 
 

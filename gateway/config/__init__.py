@@ -131,8 +131,9 @@ def _read_yaml(source: Path) -> Any:
         raise ConfigError([("", f"{source}: {where}{problem}")]) from None
 
 
-def _substitute(node: Any, env: Mapping[str, str], path: tuple[str, ...],
-                errors: list[tuple[str, str]]) -> Any:
+def _substitute(
+    node: Any, env: Mapping[str, str], path: tuple[str, ...], errors: list[tuple[str, str]]
+) -> Any:
     if isinstance(node, str):
         return _expand(node, env, ".".join(path), errors)
     if isinstance(node, Mapping):
@@ -179,8 +180,9 @@ def _flatten(messages: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, s
         yield ".".join(path), str(messages)
 
 
-def _validate(schema: Schema, data: Any, env: Mapping[str, str], oidc_ids: frozenset[str],
-              prefix: str = "") -> dict[str, Any]:
+def _validate(
+    schema: Schema, data: Any, env: Mapping[str, str], oidc_ids: frozenset[str], prefix: str = ""
+) -> dict[str, Any]:
     """Substitute, then load with `schema`; any error -> ConfigError (paths after `prefix`)."""
     if not isinstance(data, Mapping):
         raise ConfigError([(prefix.rstrip(": "), "Not a mapping of keys at the top level.")])
@@ -205,23 +207,23 @@ def _raw_ids(block: Any) -> frozenset[str]:
 def _load_oidc_file(path: Path, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         return {}
-    loaded = _validate(OidcFileSchema(), _read_yaml(path) or {}, env, frozenset(),
-                       prefix=f"{path.name}: ")
+    loaded = _validate(
+        OidcFileSchema(), _read_yaml(path) or {}, env, frozenset(), prefix=f"{path.name}: "
+    )
     registrations: dict[str, dict[str, Any]] = loaded.get("oidc", {})
     return registrations
 
 
-def _load(data: Any, env: Mapping[str, str], extra_oidc: dict[str, dict[str, Any]]
-          ) -> s.Settings:
-    loaded = _validate(TopSchema(), data if data is not None else {}, env,
-                       frozenset(extra_oidc))
+def _load(data: Any, env: Mapping[str, str], extra_oidc: dict[str, dict[str, Any]]) -> s.Settings:
+    loaded = _validate(TopSchema(), data if data is not None else {}, env, frozenset(extra_oidc))
     both = sorted(set(loaded.get("oidc", {})) & set(extra_oidc))
     if both:
         raise ConfigError([(f"oidc.{i}", f"Also defined in {OIDC_FILE}.") for i in both])
     options: s.GatewayOptions = loaded.get("gateway") or s.GatewayOptions()
     block = loaded.get("connector") or {}
-    connectors = tuple(_connector(cid, c, options.timeouts)
-                       for cid, c in block.get("config", {}).items())
+    connectors = tuple(
+        _connector(cid, c, options.timeouts) for cid, c in block.get("config", {}).items()
+    )
     if not connectors and options.demo_archive is None:
         raise ConfigError([("connector.config", MISSING_CONNECTOR)])
     oidc = {**loaded.get("oidc", {}), **extra_oidc}
@@ -250,8 +252,11 @@ def _resolve_default(requested: tuple[str, ...] | None, ids: tuple[str, ...]) ->
         return ids
     unknown = [i for i in requested if i not in ids]
     if unknown:
-        log.warning("connector.default names unknown connector id(s) %s: using all connectors: "
-                    "%s", ", ".join(unknown), ", ".join(ids))
+        log.warning(
+            "connector.default names unknown connector id(s) %s: using all connectors: %s",
+            ", ".join(unknown),
+            ", ".join(ids),
+        )
         return ids
     log.info("connector.default: using %s", ", ".join(requested))
     return requested

@@ -42,7 +42,7 @@ class Secret(Text):
         if not text.startswith(BASE64_PREFIX):
             return text
         try:
-            raw = base64.b64decode(text[len(BASE64_PREFIX):].strip(), validate=True)
+            raw = base64.b64decode(text[len(BASE64_PREFIX) :].strip(), validate=True)
             return raw.decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             raise ValidationError(
@@ -67,8 +67,13 @@ class Seconds(fields.Float):
 class Choice(Text):
     """One of `choices`, compared after `fold` (upper case by default, as Spring binds enums)."""
 
-    def __init__(self, choices: Sequence[str], fold: Callable[[str], str] = str.upper,
-                 message: str | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        choices: Sequence[str],
+        fold: Callable[[str], str] = str.upper,
+        message: str | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.choices, self.fold = tuple(choices), fold
         self.message = message or "Must be one of: " + ", ".join(self.choices) + "."
@@ -153,8 +158,9 @@ class HttpTags(fields.Field[tuple[tuple[str, str], ...]]):
     """`httpTags`: header name -> value. An entry without a value is ignored; names must be
     RFC 9110 tokens and values free of control characters (no header injection)."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any,
-                     **kw: Any) -> tuple[tuple[str, str], ...]:
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kw: Any
+    ) -> tuple[tuple[str, str], ...]:
         if not isinstance(value, Mapping):
             raise ValidationError("Not a mapping of HTTP header name -> value.")
         pairs, errors = [], {}
@@ -192,8 +198,7 @@ class NamedMap(fields.Field[dict[str, Any]]):
         super().__init__(**kw)
         self.schema_class = schema
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any,
-                     **kw: Any) -> dict[str, Any]:
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise ValidationError("Not a mapping of id -> block.")
         loaded: dict[str, Any] = {}
@@ -242,4 +247,3 @@ def column_name(value: str) -> None:
     """A SQL column name, optionally table-qualified (plain, "quoted" or `quoted` parts)."""
     if not _COLUMN.fullmatch(value):
         raise ValidationError("Not a column name (identifier, optionally table-qualified).")
-

@@ -55,7 +55,8 @@ class Block(Schema):
 
     #: marshmallow reads this class attribute
     error_messages: dict[str, str] = {  # noqa: RUF012
-        "unknown": "Unknown key.", "type": "Not a mapping of keys."
+        "unknown": "Unknown key.",
+        "type": "Not a mapping of keys.",
     }
 
     @pre_load
@@ -63,8 +64,9 @@ class Block(Schema):
         if not isinstance(data, Mapping):
             return data
         known = {f.data_key or name for name, f in self.load_fields.items()}
-        return self.prepare({k: v for k, v in data.items()
-                             if not (k in known and (v is None or v == ""))})
+        return self.prepare(
+            {k: v for k, v in data.items() if not (k in known and (v is None or v == ""))}
+        )
 
     def prepare(self, data: dict[str, Any]) -> dict[str, Any]:
         return data
@@ -81,7 +83,11 @@ class ServerSchema(Block):
             parts = urlsplit(data["url"])
             if parts.port is not None or parts.path.strip("/"):
                 raise ValidationError(
-                    {"url": ["With `port` set, url is scheme and host only (path goes in context)."]}
+                    {
+                        "url": [
+                            "With `port` set, url is scheme and host only (path goes in context)."
+                        ]
+                    }
                 )
 
     @post_load
@@ -141,8 +147,11 @@ class AuthSchema(Block):
         return s.Authentication(
             type=data["type"],
             basic=s.BasicAuth(**basic) if not _missing(basic, _NEEDS["BASIC"][1]) else None,
-            oauth2=(s.OAuth2Auth(**oauth2) if not _missing(oauth2, _NEEDS["OAUTH2"][1])
-                    and oauth2["oidc_id"] in OIDC_IDS.get() else None),
+            oauth2=(
+                s.OAuth2Auth(**oauth2)
+                if not _missing(oauth2, _NEEDS["OAUTH2"][1]) and oauth2["oidc_id"] in OIDC_IDS.get()
+                else None
+            ),
             server=data.get("server"),
         )
 
@@ -254,8 +263,10 @@ class TlsSchema(Block):
         return s.Tls(**data)
 
 
-_PEM_ONLY = ("Only PEM is supported: convert the store to a PEM file (for example "
-             "`openssl pkcs12 -in store.p12 -out store.pem`).")
+_PEM_ONLY = (
+    "Only PEM is supported: convert the store to a PEM file (for example "
+    "`openssl pkcs12 -in store.p12 -out store.pem`)."
+)
 
 
 class TrustStoreSchema(Block):
@@ -286,8 +297,9 @@ class DimseSchema(Block):
     key_store = fields.Nested(KeyStoreSchema, data_key="keyStore")
     trust_store = fields.Nested(TrustStoreSchema, data_key="truststore")
     retrieve_method = Choice(("C-GET", "C-MOVE"), data_key="retrieve-method")
-    query_model = Choice(("auto", "relational", "hierarchical"), fold=str.lower,
-                         data_key="query-model")
+    query_model = Choice(
+        ("auto", "relational", "hierarchical"), fold=str.lower, data_key="query-model"
+    )
     max_associations = Int(data_key="max-associations", validate=validate.Range(min=1))
     max_pdu = Int(data_key="max-pdu", validate=validate.Range(min=0, max=0xFFFFFFFF))
 
@@ -295,9 +307,13 @@ class DimseSchema(Block):
     def _client_key(self, data: dict[str, Any], **kw: Any) -> None:
         tls = data.get("tls") or s.Tls()
         if tls.mode and tls.need_client_authentication and "key_store" not in data:
-            raise ValidationError({"keyStore": [
-                "Missing data for required field (tls.need-client-authentication is true)."
-            ]})
+            raise ValidationError(
+                {
+                    "keyStore": [
+                        "Missing data for required field (tls.need-client-authentication is true)."
+                    ]
+                }
+            )
 
     @post_load
     def _make(self, data: dict[str, Any], **kw: Any) -> s.Dimse:
@@ -325,8 +341,11 @@ class DicomWebSchema(Block):
 
 
 # connector type -> (key of its block, attribute)
-_BLOCKS = {"DB": ("db-connector", "db"), "DICOM": ("dicom-connector", "dicom"),
-           "DICOM_WEB": ("dicom-web-connector", "dicom_web")}
+_BLOCKS = {
+    "DB": ("db-connector", "db"),
+    "DICOM": ("dicom-connector", "dicom"),
+    "DICOM_WEB": ("dicom-web-connector", "dicom_web"),
+}
 
 
 class ConnectorSchema(Block):
@@ -346,8 +365,11 @@ class ConnectorSchema(Block):
             return data  # the field reports it
         kind = kind.strip().upper()
         wanted = _BLOCKS[kind][0]
-        errors = {key: [f"Not allowed for a connector of type {kind} (it takes {wanted})."]
-                  for key, _ in _BLOCKS.values() if key != wanted and key in data}
+        errors = {
+            key: [f"Not allowed for a connector of type {kind} (it takes {wanted})."]
+            for key, _ in _BLOCKS.values()
+            if key != wanted and key in data
+        }
         if wanted not in data:
             errors[wanted] = [f"Missing data for required field (type {kind})."]
         if errors:
@@ -366,8 +388,12 @@ class OidcClientSchema(Block):
     client_secret = Secret(data_key="client-secret", required=True)
     token_url = Text(data_key="token-url", required=True, validate=http_url)
     scope = Scope()
-    grant_type = Choice(("client_credentials",), fold=str.lower, data_key="grant-type",
-                        message="Only client_credentials is supported.")
+    grant_type = Choice(
+        ("client_credentials",),
+        fold=str.lower,
+        data_key="grant-type",
+        message="Only client_credentials is supported.",
+    )
 
 
 class DemoSchema(Block):
@@ -401,4 +427,3 @@ class TopSchema(Block):
 
 class OidcFileSchema(Block):
     oidc = NamedMap(OidcClientSchema)
-

@@ -89,8 +89,7 @@ class Connector(Protocol):
         """Raises ConnectorError when the backend cannot be reached (readiness)."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 @contextlib.contextmanager

@@ -40,8 +40,9 @@ from .http_upstream import Upstream, retrieve_instance
 
 INSTANCE_AVAILABILITY = tag_of("InstanceAvailability")
 MODALITY, MODALITIES_IN_STUDY = tag_of("Modality"), tag_of("ModalitiesInStudy")
-STUDY_SERIES, STUDY_INSTANCES = tag_of("NumberOfStudyRelatedSeries"), tag_of(
-    "NumberOfStudyRelatedInstances"
+STUDY_SERIES, STUDY_INSTANCES = (
+    tag_of("NumberOfStudyRelatedSeries"),
+    tag_of("NumberOfStudyRelatedInstances"),
 )
 SERIES_INSTANCES = tag_of("NumberOfSeriesRelatedInstances")
 _DEFER_SIZE = 64 * 1024
@@ -248,14 +249,10 @@ class DbConnector:
             return self._fetched(stored, transfer_syntax)
         syntaxes = [self._syntax(s) for s in stored]
         if transfer_syntax != "*" and any(ts != transfer_syntax for ts in syntaxes):
-            raise NotAcceptable(
-                f"transfer syntax {transfer_syntax} is not the stored one", self.id
-            )
+            raise NotAcceptable(f"transfer syntax {transfer_syntax} is not the stored one", self.id)
         return self._stream(stored, syntaxes)
 
-    def _stream(
-        self, stored: list[_Stored], syntaxes: list[str]
-    ) -> Generator[Part10, None, None]:
+    def _stream(self, stored: list[_Stored], syntaxes: list[str]) -> Generator[Part10, None, None]:
         for item, syntax in zip(stored, syntaxes, strict=True):
             with boundary(self.id, "reading a stored file"):
                 data = self._file(item).read_bytes()

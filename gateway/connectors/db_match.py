@@ -229,7 +229,7 @@ def _maybe(convert: Callable[..., Any], value: str | None, *args: Any) -> Any:
 
 def _padded(text: str, template: str) -> str:
     """A partial TM or DT completed from `template` (the latest instant it stands for)."""
-    return text + template[len(text):]
+    return text + template[len(text) :]
 
 
 def _date(text: str) -> dt.date:

@@ -40,27 +40,67 @@ _STUDY_TAGS = frozenset(
     (*PATIENT_STUDY_KEYS, *STUDY_ATTRIBUTES, tag_of("NameOfPhysiciansReadingStudy"))
 )
 _SERIES_TAGS = frozenset(
-    (*SERIES_ATTRIBUTES, *(tag_of(k) for k in (
-        "SeriesDate", "SeriesTime", "BodyPartExamined", "Laterality", "ProtocolName",
-        "StationName", "Manufacturer", "ManufacturerModelName", "InstitutionName",
-        "PerformingPhysicianName", "OperatorsName",
-    )))
+    (
+        *SERIES_ATTRIBUTES,
+        *(
+            tag_of(k)
+            for k in (
+                "SeriesDate",
+                "SeriesTime",
+                "BodyPartExamined",
+                "Laterality",
+                "ProtocolName",
+                "StationName",
+                "Manufacturer",
+                "ManufacturerModelName",
+                "InstitutionName",
+                "PerformingPhysicianName",
+                "OperatorsName",
+            )
+        ),
+    )
 )
 _LEVEL_RANK = {Level.STUDY: 0, Level.SERIES: 1, Level.IMAGE: 2}
 
 _PG_KINDS: dict[int, Kind] = {
-    1082: "date", 1114: "datetime", 1184: "datetime", 1083: "time", 1266: "time",
-    20: "number", 21: "number", 23: "number", 26: "number", 700: "number", 701: "number",
+    1082: "date",
+    1114: "datetime",
+    1184: "datetime",
+    1083: "time",
+    1266: "time",
+    20: "number",
+    21: "number",
+    23: "number",
+    26: "number",
+    700: "number",
+    701: "number",
     1700: "number",
 }
 _MYSQL_KINDS: dict[int, Kind] = {
-    10: "date", 14: "date", 7: "datetime", 12: "datetime", 11: "time",
-    0: "number", 1: "number", 2: "number", 3: "number", 4: "number", 5: "number", 8: "number",
-    9: "number", 13: "number", 246: "number",
+    10: "date",
+    14: "date",
+    7: "datetime",
+    12: "datetime",
+    11: "time",
+    0: "number",
+    1: "number",
+    2: "number",
+    3: "number",
+    4: "number",
+    5: "number",
+    8: "number",
+    9: "number",
+    13: "number",
+    246: "number",
 }
 _PY_KINDS: dict[type, Kind] = {
-    dt.datetime: "datetime", dt.date: "date", dt.time: "time", int: "number", float: "number",
-    decimal.Decimal: "number", str: "text",
+    dt.datetime: "datetime",
+    dt.date: "date",
+    dt.time: "time",
+    int: "number",
+    float: "number",
+    decimal.Decimal: "number",
+    str: "text",
 }
 
 
@@ -95,7 +135,6 @@ def kind_of(dialect: str, type_code: Any) -> Kind:
     if "NUMBER" in name or "BINARY_" in name:
         return "number"
     return "text" if "CHAR" in name else "unknown"
-
 
 
 @dataclass(frozen=True)
@@ -333,4 +372,3 @@ def _page(stmt: Select[Any], limit: int | None, offset: int) -> Select[Any]:
     if limit is not None:
         stmt = stmt.limit(limit)
     return stmt.offset(offset) if offset else stmt
-

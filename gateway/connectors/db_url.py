@@ -27,8 +27,12 @@ from .base import boundary
 
 #: The DB-API driver of each database when a URL names none.
 _DEFAULT_DRIVERS = {
-    "postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql", "mssql": "pyodbc",
-    "oracle": "oracledb", "sqlite": "pysqlite",
+    "postgresql": "psycopg",
+    "mysql": "pymysql",
+    "mariadb": "pymysql",
+    "mssql": "pyodbc",
+    "oracle": "oracledb",
+    "sqlite": "pysqlite",
 }
 #: The JDBC driver classes Viewer-Hub configurations name, and their database.
 _JDBC_CLASSES = {
@@ -118,8 +122,12 @@ def _jdbc_network(sub: str, body: str) -> URL:
     password = unquote(parts.password) if parts.password else params.pop("password", None)
     query = _pg_params(params) if sub == "postgresql" else _mysql_params(params)
     return URL.create(
-        f"{sub}+{_DEFAULT_DRIVERS[sub]}", username=user, password=password,
-        host=parts.hostname, port=port, database=unquote(parts.path.lstrip("/")) or None,
+        f"{sub}+{_DEFAULT_DRIVERS[sub]}",
+        username=user,
+        password=password,
+        host=parts.hostname,
+        port=port,
+        database=unquote(parts.path.lstrip("/")) or None,
         query=query,
     )
 
@@ -175,14 +183,20 @@ def _jdbc_sqlserver(body: str) -> URL:
     query = {"driver": _ODBC_DRIVER}
     if "encrypt" in options:
         query["Encrypt"] = {"true": "yes", "false": "no"}.get(options["encrypt"].lower(), "strict")
-    for jdbc_name, odbc_name in (("trustservercertificate", "TrustServerCertificate"),
-                                 ("integratedsecurity", "Trusted_Connection")):
+    for jdbc_name, odbc_name in (
+        ("trustservercertificate", "TrustServerCertificate"),
+        ("integratedsecurity", "Trusted_Connection"),
+    ):
         if options.get(jdbc_name, "").lower() == "true":
             query[odbc_name] = "yes"
     return URL.create(
-        "mssql+pyodbc", username=options.get("user") or options.get("username"),
-        password=options.get("password"), host=server or None,
-        port=port, database=options.get("databasename") or options.get("database"), query=query,
+        "mssql+pyodbc",
+        username=options.get("user") or options.get("username"),
+        password=options.get("password"),
+        host=server or None,
+        port=port,
+        database=options.get("databasename") or options.get("database"),
+        query=query,
     )
 
 
@@ -201,13 +215,15 @@ def _jdbc_oracle(body: str) -> URL:
     if target.startswith("//") or "/" in target:
         address, _, service = target.removeprefix("//").partition("/")
         host, port = _host_port(address)
-        return URL.create("oracle+oracledb", host=host, port=port,
-                          query={"service_name": service}, **common)
+        return URL.create(
+            "oracle+oracledb", host=host, port=port, query={"service_name": service}, **common
+        )
     pieces = target.split(":")
     if len(pieces) != 3 or not pieces[1].isdigit():
         raise ValueError("jdbc:oracle URL needs @host:port:SID or @//host:port/service")
-    return URL.create("oracle+oracledb", host=pieces[0], port=int(pieces[1]),
-                      database=pieces[2], **common)
+    return URL.create(
+        "oracle+oracledb", host=pieces[0], port=int(pieces[1]), database=pieces[2], **common
+    )
 
 
 def _host_port(text: str) -> tuple[str, int | None]:

@@ -79,9 +79,10 @@ class DimseConnector:
     @contextlib.contextmanager
     def _find_session(self, deadline: float) -> Iterator[Session]:
         link = self._ready_link()
-        with boundary(self.id, "C-FIND"), link.session(
-            [build_context(FIND_MODEL)], deadline=deadline
-        ) as session:
+        with (
+            boundary(self.id, "C-FIND"),
+            link.session([build_context(FIND_MODEL)], deadline=deadline) as session,
+        ):
             session.require(FIND_MODEL, "the Study Root C-FIND model")
             yield session
 
@@ -94,8 +95,9 @@ class DimseConnector:
         with self._lock:
             self._hierarchical = True
 
-    def _run(self, session: Session, query: SearchQuery, keys: dict[int, object],
-             want: int | None) -> tuple[list[JsonDataset], bool]:
+    def _run(
+        self, session: Session, query: SearchQuery, keys: dict[int, object], want: int | None
+    ) -> tuple[list[JsonDataset], bool]:
         """Relational or hierarchical, per `dimse.query-model` ("auto": relational until the
         PACS answers a relational query with a failure status, then hierarchical)."""
         if not is_relational(query) or self.dimse.query_model == "relational":
@@ -117,8 +119,9 @@ class DimseConnector:
         engine."""
         if any(m.kind == "list" and not m.values for m in query.matches):
             return SearchResult(datasets=[])
-        unmatched = frozenset(m.tag for m in query.matches
-                              if query.fuzzy and m.vr == "PN" and m.kind != "universal")
+        unmatched = frozenset(
+            m.tag for m in query.matches if query.fuzzy and m.vr == "PN" and m.kind != "universal"
+        )
         modalities = query.match(MODALITIES_IN_STUDY) if query.level is Level.STUDY else None
         if modalities is not None and modalities.kind == "universal":
             modalities = None
@@ -132,7 +135,7 @@ class DimseConnector:
                 rows = [r for r in rows if modalities_match(modalities, r)]
             if paged:
                 more = more or (end is not None and len(rows) > end)
-                rows = rows[query.offset:end]
+                rows = rows[query.offset : end]
             add_derived(session, query.level, rows)
         return SearchResult(datasets=rows, unmatched=unmatched, complete=not more)
 
@@ -158,8 +161,14 @@ class DimseConnector:
             classes.add(sop_class or "")
         if not instances:
             raise NotFound(f"{ref.level.lower()} not found", self.id)
-        return Target(ref.level, ref.study, ref.series, ref.instance, instances,
-                      tuple(sorted(classes)) if known else None)
+        return Target(
+            ref.level,
+            ref.study,
+            ref.series,
+            ref.instance,
+            instances,
+            tuple(sorted(classes)) if known else None,
+        )
 
     def retrieve_instances(
         self, ref: ResourceRef, transfer_syntax: str
@@ -178,8 +187,10 @@ class DimseConnector:
         out: list[JsonDataset] = []
         for part in self.retrieve_instances(ref, "*"):
             ds = dcmread(BytesIO(part.data))
-            study, series, sop = (str(ds.get(k, "")) for k in
-                                  ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+            study, series, sop = (
+                str(ds.get(k, ""))
+                for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+            )
             bulk = functools.partial(dicomjson.bulk_uri, bulk_base, study, series, sop)
             out.append(dicomjson.from_pydicom(ds, bulk))
         return out
@@ -187,9 +198,10 @@ class DimseConnector:
     def check(self) -> None:
         """C-ECHO (PS3.7 9.1.5); raises ConnectorError when the PACS does not answer 0x0000."""
         link = self._ready_link()
-        with boundary(self.id, "C-ECHO"), link.session(
-            [build_context(VERIFICATION)], deadline=link.deadline()
-        ) as s:
+        with (
+            boundary(self.id, "C-ECHO"),
+            link.session([build_context(VERIFICATION)], deadline=link.deadline()) as s,
+        ):
             status = s.assoc.send_c_echo(msg_id=s.next_msg_id())
             code = status.get("Status") if status is not None else None
             if code is None:

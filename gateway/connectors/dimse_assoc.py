@@ -134,10 +134,12 @@ class Session:
         if self.expired.is_set():
             return ConnectorTimeout(f"{operation} exceeded the request time-out", self.connector)
         if time.monotonic() - since >= self.dimse_timeout * 0.95:
-            return ConnectorTimeout(f"{operation}: no response within the DIMSE time-out",
-                                    self.connector)
-        return ConnectorError(f"{operation}: association aborted or connection lost",
-                              self.connector)
+            return ConnectorTimeout(
+                f"{operation}: no response within the DIMSE time-out", self.connector
+            )
+        return ConnectorError(
+            f"{operation}: association aborted or connection lost", self.connector
+        )
 
     def require(self, abstract_syntax: str, what: str) -> None:
         if not any(cx.abstract_syntax == abstract_syntax for cx in self.assoc.accepted_contexts):
@@ -176,11 +178,14 @@ class Link:
         if not self.slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise ConnectorTimeout(
                 f"no free association (max-associations {self.dimse.max_associations}) "
-                "within the request time-out", self.connector)
+                "within the request time-out",
+                self.connector,
+            )
         try:
             assoc = self._associate(contexts, roles, handlers, deadline)
-            session = Session(assoc, self.connector, self.timeouts.dimse,
-                              deadline if bounded else None)
+            session = Session(
+                assoc, self.connector, self.timeouts.dimse, deadline if bounded else None
+            )
             timer = self._watchdog(session)
             graceful = False
             try:
@@ -226,8 +231,12 @@ class Link:
         started = time.monotonic()
         try:
             assoc = ae.associate(
-                self.dimse.host, self.dimse.port, contexts=list(contexts),
-                ae_title=self.dimse.aet, max_pdu=self.dimse.max_pdu, ext_neg=list(roles),
+                self.dimse.host,
+                self.dimse.port,
+                contexts=list(contexts),
+                ae_title=self.dimse.aet,
+                max_pdu=self.dimse.max_pdu,
+                ext_neg=list(roles),
                 evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay, [opened]), *handlers],
                 tls_args=(self.tls, self.dimse.host) if self.tls is not None else None,
             )
@@ -252,8 +261,9 @@ class Link:
             return ConnectorError(f"cannot connect to {where}{tls}", self.connector)
         if assoc.is_aborted and elapsed < (ae.acse_timeout or 0) * 0.95:
             return ConnectorError(f"association aborted by {where}", self.connector)
-        return ConnectorTimeout(f"no association response from {where} within the ACSE "
-                                "time-out", self.connector)
+        return ConnectorTimeout(
+            f"no association response from {where} within the ACSE time-out", self.connector
+        )
 
 
 def _close(session: Session, graceful: bool) -> None:

@@ -46,20 +46,46 @@ _BINARY_NUMBERS = {"US", "UL", "SS", "SL", "SV", "UV"}
 #: Study Root keys per level (PS3.4 Tables C.6-5 and C.6-6); patient keys (group 0010) belong
 #: to the study level of this model.
 STUDY_LEVEL = (
-    frozenset(dicomjson.PATIENT_STUDY_KEYS) | frozenset(dicomjson.STUDY_ATTRIBUTES)
-    | frozenset(map(tag_of, (
-        "OtherStudyNumbers", "NameOfPhysiciansReadingStudy", "AdmittingDiagnosesDescription",
-        "StudyDescription", "ProcedureCodeSequence", "PatientAge", "PatientSize",
-        "PatientWeight", "Occupation", "AdditionalPatientHistory",
-    )))
+    frozenset(dicomjson.PATIENT_STUDY_KEYS)
+    | frozenset(dicomjson.STUDY_ATTRIBUTES)
+    | frozenset(
+        map(
+            tag_of,
+            (
+                "OtherStudyNumbers",
+                "NameOfPhysiciansReadingStudy",
+                "AdmittingDiagnosesDescription",
+                "StudyDescription",
+                "ProcedureCodeSequence",
+                "PatientAge",
+                "PatientSize",
+                "PatientWeight",
+                "Occupation",
+                "AdditionalPatientHistory",
+            ),
+        )
+    )
 ) - {RETRIEVE_URL, INSTANCE_AVAILABILITY}
 SERIES_LEVEL = (
     frozenset(dicomjson.SERIES_ATTRIBUTES)
-    | frozenset(map(tag_of, (
-        "SeriesDate", "SeriesTime", "BodyPartExamined", "ProtocolName", "Laterality",
-        "PerformingPhysicianName", "OperatorsName", "Manufacturer", "InstitutionName",
-        "StationName", "RequestAttributesSequence",
-    )))
+    | frozenset(
+        map(
+            tag_of,
+            (
+                "SeriesDate",
+                "SeriesTime",
+                "BodyPartExamined",
+                "ProtocolName",
+                "Laterality",
+                "PerformingPhysicianName",
+                "OperatorsName",
+                "Manufacturer",
+                "InstitutionName",
+                "StationName",
+                "RequestAttributesSequence",
+            ),
+        )
+    )
 ) - {RETRIEVE_URL}
 IMAGE_LEVEL = frozenset(dicomjson.INSTANCE_ATTRIBUTES) - {RETRIEVE_URL, INSTANCE_AVAILABILITY}
 UID_OF = {Level.STUDY: STUDY_UID, Level.SERIES: SERIES_UID, Level.IMAGE: SOP_UID}

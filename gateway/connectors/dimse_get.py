@@ -43,9 +43,16 @@ QUEUE_SIZE = 4
 MAX_CONTEXTS = 128
 UNCOMPRESSED = (uids.ExplicitVRLittleEndian, uids.ImplicitVRLittleEndian)
 TRANSFER_SYNTAXES: tuple[str, ...] = (
-    *UNCOMPRESSED, uids.DeflatedExplicitVRLittleEndian,
-    uids.JPEGBaseline8Bit, uids.JPEGExtended12Bit, uids.JPEGLossless, uids.JPEGLosslessSV1,
-    uids.JPEGLSLossless, uids.JPEGLSNearLossless, uids.JPEG2000Lossless, uids.JPEG2000,
+    *UNCOMPRESSED,
+    uids.DeflatedExplicitVRLittleEndian,
+    uids.JPEGBaseline8Bit,
+    uids.JPEGExtended12Bit,
+    uids.JPEGLossless,
+    uids.JPEGLosslessSV1,
+    uids.JPEGLSLossless,
+    uids.JPEGLSNearLossless,
+    uids.JPEG2000Lossless,
+    uids.JPEG2000,
     uids.RLELossless,
 )
 ALL_STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
@@ -54,8 +61,16 @@ ALL_STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in StoragePresentatio
 class RetrieveIncomplete(ConnectorError):
     """Raised after the objects received when some instances under the reference were not."""
 
-    def __init__(self, message: str, connector: str, *, expected: int, received: int,
-                 failed: int, dimse_status: int | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        connector: str,
+        *,
+        expected: int,
+        received: int,
+        failed: int,
+        dimse_status: int | None,
+    ) -> None:
         super().__init__(message, connector)
         self.expected = expected
         self.received = received
@@ -96,8 +111,9 @@ def rounds(transfer_syntax: str) -> list[tuple[str, ...]]:
     return [TRANSFER_SYNTAXES, *[(t,) for t in TRANSFER_SYNTAXES if t not in UNCOMPRESSED]]
 
 
-def contexts(classes: Sequence[str], syntaxes: Sequence[str], connector: str
-             ) -> list[PresentationContext]:
+def contexts(
+    classes: Sequence[str], syntaxes: Sequence[str], connector: str
+) -> list[PresentationContext]:
     """The C-GET model plus the storage classes: one context per (class, syntax) when that
     fits in 128, else one per class offering every syntax."""
     proposed = [build_context(GET_MODEL)]
@@ -106,8 +122,7 @@ def contexts(classes: Sequence[str], syntaxes: Sequence[str], connector: str
     else:
         proposed += [build_context(c, list(syntaxes)) for c in classes]
     if len(proposed) > MAX_CONTEXTS:
-        raise ConnectorError(f"{len(classes)} SOP classes do not fit in one association",
-                             connector)
+        raise ConnectorError(f"{len(classes)} SOP classes do not fit in one association", connector)
     return proposed
 
 
@@ -145,13 +160,17 @@ def retrieve(link: Link, target: Target, transfer_syntax: str) -> Iterator[Part1
         pending = expected - progress.received
         retry_failures = False
         for ident in _identifiers(target, pending, number == 0):
-            outcome = yield from _one_get(link, classes, syntaxes, ident, progress,
-                                          transfer_syntax != "*" and number == 0)
+            outcome = yield from _one_get(
+                link, classes, syntaxes, ident, progress, transfer_syntax != "*" and number == 0
+            )
             if outcome.error is not None:
                 raise _incomplete(link.connector, target, progress, outcome.error.message)
             progress.last_code = outcome.code
-            if outcome.code is not None and code_to_category(outcome.code) == "Failure" \
-                    and outcome.failed == 0:
+            if (
+                outcome.code is not None
+                and code_to_category(outcome.code) == "Failure"
+                and outcome.failed == 0
+            ):
                 break  # the operation failed as a whole: no round will do better
             retry_failures = retry_failures or outcome.failed > 0
         if not expected - progress.received or not retry_failures:
@@ -164,38 +183,58 @@ def _finish(connector: str, target: Target, progress: _Progress, transfer_syntax
     if not missing:
         return
     if transfer_syntax != "*" and not progress.received:
-        raise NotAcceptable(f"the PACS did not send the instances in {transfer_syntax}",
-                            connector)
+        raise NotAcceptable(f"the PACS did not send the instances in {transfer_syntax}", connector)
     code = progress.last_code
     status = f", last status {status_text(code)}" if code is not None else ""
     raise _incomplete(connector, target, progress, f"C-GET incomplete{status}")
 
 
-def _incomplete(connector: str, target: Target, progress: _Progress, why: str
-                ) -> RetrieveIncomplete:
+def _incomplete(
+    connector: str, target: Target, progress: _Progress, why: str
+) -> RetrieveIncomplete:
     expected, received = len(target.instances), len(progress.received)
     return RetrieveIncomplete(
-        f"{why}: {received} of {expected} instances received", connector,
-        expected=expected, received=received, failed=expected - received,
-        dimse_status=progress.last_code)
+        f"{why}: {received} of {expected} instances received",
+        connector,
+        expected=expected,
+        received=received,
+        failed=expected - received,
+        dimse_status=progress.last_code,
+    )
 
 
-def _one_get(link: Link, classes: Sequence[str], syntaxes: Sequence[str], ident: Dataset,
-             progress: _Progress, strict: bool) -> Generator[Part10, None, _Outcome]:
+def _one_get(
+    link: Link,
+    classes: Sequence[str],
+    syntaxes: Sequence[str],
+    ident: Dataset,
+    progress: _Progress,
+    strict: bool,
+) -> Generator[Part10, None, _Outcome]:
     """One association, one C-GET, run by a worker thread; yields what arrives."""
     items: queue.Queue[Part10 | _Outcome] = queue.Queue(maxsize=QUEUE_SIZE)
     stop = threading.Event()
     activity = [time.monotonic()]
     handlers = [(evt.EVT_C_STORE, _on_store, [items, stop, activity])]
     roles = [build_role(c, scp_role=True) for c in classes]
-    with link.session(contexts(classes, syntaxes, link.connector), deadline=link.deadline(),
-                      roles=roles, handlers=handlers, bounded=False) as session:
+    with link.session(
+        contexts(classes, syntaxes, link.connector),
+        deadline=link.deadline(),
+        roles=roles,
+        handlers=handlers,
+        bounded=False,
+    ) as session:
         session.require(GET_MODEL, "the Study Root C-GET model")
         if strict and len(session.assoc.accepted_contexts) < 2:
-            raise NotAcceptable(f"the PACS does not accept {syntaxes[0]} for these instances",
-                                link.connector)
-        worker = threading.Thread(target=_run_get, args=(session, ident, items, stop, activity),
-                                  name=f"dimse-get-{link.connector}", daemon=True)
+            raise NotAcceptable(
+                f"the PACS does not accept {syntaxes[0]} for these instances", link.connector
+            )
+        worker = threading.Thread(
+            target=_run_get,
+            args=(session, ident, items, stop, activity),
+            name=f"dimse-get-{link.connector}",
+            daemon=True,
+        )
         worker.start()
         done = False
         try:
@@ -213,8 +252,9 @@ def _one_get(link: Link, classes: Sequence[str], syntaxes: Sequence[str], ident:
             worker.join(timeout=link.timeouts.dimse + 5)
 
 
-def _next(items: queue.Queue[Part10 | _Outcome], worker: threading.Thread, connector: str
-          ) -> Part10 | _Outcome:
+def _next(
+    items: queue.Queue[Part10 | _Outcome], worker: threading.Thread, connector: str
+) -> Part10 | _Outcome:
     while True:
         try:
             return items.get(timeout=0.5)
@@ -223,8 +263,12 @@ def _next(items: queue.Queue[Part10 | _Outcome], worker: threading.Thread, conne
                 return _Outcome(error=ConnectorError("C-GET ended without a result", connector))
 
 
-def _on_store(event: evt.Event, items: queue.Queue[Part10 | _Outcome], stop: threading.Event,
-              activity: list[float]) -> int:
+def _on_store(
+    event: evt.Event,
+    items: queue.Queue[Part10 | _Outcome],
+    stop: threading.Event,
+    activity: list[float],
+) -> int:
     """EVT_C_STORE during the C-GET: hand the Part 10 bytes to the consumer (PS3.4 B.2.3)."""
     activity[0] = time.monotonic()
     if stop.is_set():
@@ -244,12 +288,18 @@ def _on_store(event: evt.Event, items: queue.Queue[Part10 | _Outcome], stop: thr
     return 0xA700
 
 
-def _run_get(session: Session, ident: Dataset, items: queue.Queue[Part10 | _Outcome],
-             stop: threading.Event, activity: list[float]) -> None:
+def _run_get(
+    session: Session,
+    ident: Dataset,
+    items: queue.Queue[Part10 | _Outcome],
+    stop: threading.Event,
+    activity: list[float],
+) -> None:
     outcome = _Outcome()
     try:
-        for status, _answer in session.assoc.send_c_get(ident, GET_MODEL,
-                                                         msg_id=session.next_msg_id()):
+        for status, _answer in session.assoc.send_c_get(
+            ident, GET_MODEL, msg_id=session.next_msg_id()
+        ):
             code = status.get("Status")
             if code is None:
                 outcome.error = session.lost("C-GET", activity[0])

@@ -38,8 +38,7 @@ from .dimse_find import (
 
 Keys = dict[int, Any]
 _LEVELS = (Level.STUDY, Level.SERIES, Level.IMAGE)
-_PARENT_UIDS = {Level.STUDY: (), Level.SERIES: (STUDY_UID,),
-                Level.IMAGE: (STUDY_UID, SERIES_UID)}
+_PARENT_UIDS = {Level.STUDY: (), Level.SERIES: (STUDY_UID,), Level.IMAGE: (STUDY_UID, SERIES_UID)}
 
 
 def request_keys(query: SearchQuery, universal: frozenset[int] = frozenset()) -> Keys:
@@ -50,8 +49,11 @@ def request_keys(query: SearchQuery, universal: frozenset[int] = frozenset()) ->
     scoped_study = len(query.uids(STUDY_UID)) == 1
     scoped_series = len(query.uids(SERIES_UID)) == 1
     required, optional = dicomjson.return_tags(query, scoped_study, scoped_series)
-    tags = [t for t in required + optional
-            if t != RETRIEVE_URL and not (t in DERIVED and level_of(t, query.level) != query.level)]
+    tags = [
+        t
+        for t in required + optional
+        if t != RETRIEVE_URL and not (t in DERIVED and level_of(t, query.level) != query.level)
+    ]
     tags.extend(_PARENT_UIDS[query.level])
     keys: Keys = dict.fromkeys(tags)
     for match in query.matches:
@@ -67,20 +69,23 @@ def is_relational(query: SearchQuery) -> bool:
         if len(query.uids(UID_OF[level])) != 1:
             return True
     return any(
-        m.kind != "universal" and m.tag not in (STUDY_UID, SERIES_UID)
+        m.kind != "universal"
+        and m.tag not in (STUDY_UID, SERIES_UID)
         and level_of(m.tag, query.level) != query.level
         for m in query.matches
     )
 
 
-def flat(session: Session, query: SearchQuery, keys: Keys, want: int | None
-         ) -> tuple[list[JsonDataset], bool]:
+def flat(
+    session: Session, query: SearchQuery, keys: Keys, want: int | None
+) -> tuple[list[JsonDataset], bool]:
     answers, more = c_find(session, identifier(query.level, keys), want)
     return [to_json(a) for a in answers], more
 
 
-def hierarchical(session: Session, query: SearchQuery, keys: Keys, want: int | None
-                 ) -> tuple[list[JsonDataset], bool]:
+def hierarchical(
+    session: Session, query: SearchQuery, keys: Keys, want: int | None
+) -> tuple[list[JsonDataset], bool]:
     """The query answered level by level from STUDY down (at most `want` answers)."""
     steps: list[tuple[Level, Keys]] = []
     for level in _LEVELS[: DEPTH[query.level] + 1]:
@@ -90,8 +95,9 @@ def hierarchical(session: Session, query: SearchQuery, keys: Keys, want: int | N
     return _descend(session, steps, {}, want)
 
 
-def _descend(session: Session, steps: list[tuple[Level, Keys]], parent: JsonDataset,
-             want: int | None) -> tuple[list[JsonDataset], bool]:
+def _descend(
+    session: Session, steps: list[tuple[Level, Keys]], parent: JsonDataset, want: int | None
+) -> tuple[list[JsonDataset], bool]:
     level, keys = steps[0]
     keys = dict(keys)
     for uid_tag in _PARENT_UIDS[level]:
@@ -105,7 +111,9 @@ def _descend(session: Session, steps: list[tuple[Level, Keys]], parent: JsonData
     for i, row in enumerate(rows):
         if first(row, UID_OF[level]) is None:
             continue
-        children, more = _descend(session, steps[1:], row, None if want is None else want - len(out))
+        children, more = _descend(
+            session, steps[1:], row, None if want is None else want - len(out)
+        )
         out.extend(children)
         if want is not None and len(out) >= want:
             return out, more or i < len(rows) - 1
@@ -152,8 +160,11 @@ def _derive_study(session: Session, row: JsonDataset) -> None:
         total = 0
         for s in series:
             given = s.get("NumberOfSeriesRelatedInstances")
-            total += int(given) if given not in (None, "") else _count_instances(
-                session, study, str(s.SeriesInstanceUID))
+            total += (
+                int(given)
+                if given not in (None, "")
+                else _count_instances(session, study, str(s.SeriesInstanceUID))
+            )
         row[key(STUDY_INSTANCES)] = attribute(STUDY_INSTANCES, total)
 
 
@@ -172,7 +183,8 @@ def modalities_match(match: Match, row: JsonDataset) -> bool:
     if match.kind == "universal":
         return True
     if match.kind == "wildcard":
-        pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
-                          for c in match.values[0])
+        pattern = "".join(
+            ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in match.values[0]
+        )
         return any(re.fullmatch(pattern, str(v)) for v in values)
     return any(v in match.values for v in values)

@@ -24,7 +24,10 @@ def readyz() -> Response:
     backends = gateway().engine.backends
     with cf.ThreadPoolExecutor(max_workers=max(1, len(backends))) as pool:
         futures = {cid: pool.submit(b.connector.check) for cid, b in backends.items()}
-        states = {cid: _state(f, backends[cid].settings.timeouts.connect + 5) for cid, f in futures.items()}
+        states = {
+            cid: _state(f, backends[cid].settings.timeouts.connect + 5)
+            for cid, f in futures.items()
+        }
     ready = all(s == "ok" for s in states.values())
     response = json_response({"ready": ready, "connectors": states}, "application/json")
     response.status_code = 200 if ready else 503

@@ -21,7 +21,10 @@ _ROUTES = (
 
 
 def search(
-    level: Level, connector_id: str | None = None, study: str | None = None, series: str | None = None
+    level: Level,
+    connector_id: str | None = None,
+    study: str | None = None,
+    series: str | None = None,
 ) -> Response:
     mimetype = negotiate_json(request.headers.get("Accept"))
     ids = connector_ids(connector_id)
