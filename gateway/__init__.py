@@ -30,6 +30,15 @@ class Gateway:
         self.engine.close()
 
 
+def _quiet_pydicom() -> None:
+    """pydicom's validation warnings quote the offending value (a UID, a patient's sex):
+    values an archive sends are passed on as they are, so they are not validated, nor logged."""
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """The application factory. Without `settings`, loads the file named by GATEWAY_CONFIG
     (default `config/gateway.yml`); builds the demo archive when configured."""
@@ -40,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     if settings is None:
         settings = load_settings()
+    _quiet_pydicom()
     if settings.gateway.demo_archive is not None:
         from .demo import ensure_demo_archive
 

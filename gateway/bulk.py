@@ -26,7 +26,7 @@ def parse_path(path: str) -> tuple[int | str, ...]:
                 raise BadRequest(f"{part!r} is not a tag", parameter="bulk")
             out.append(int(part, 16))
         else:
-            if not part.isdigit() or len(part) > 6:
+            if not (part.isascii() and part.isdigit()) or len(part) > 6:
                 raise BadRequest(f"{part!r} is not an item number", parameter="bulk")
             out.append(part)
     return tuple(out)

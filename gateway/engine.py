@@ -10,8 +10,9 @@ and pulls the first object before the response starts.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import dicomjson, matching, transcode
@@ -24,7 +25,7 @@ from .errors import (
     GatewayError,
     NotFound,
 )
-from .query import SERIES_UID, SOP_UID, STUDY_UID, Level, Match, SearchQuery
+from .query import MAX_OFFSET, SERIES_UID, SOP_UID, STUDY_UID, Level, Match, SearchQuery, is_uid
 from .settings import ConnectorSettings
 
 log = logging.getLogger("gateway.engine")
@@ -64,18 +65,28 @@ class Engine:
             return answer  # the path and the query name different UIDs: nothing can match
         asked = [i for i in ids if not (query.criteria & self.backends[i].settings.deactivated)]
         limit = query.limit if query.limit is not None else 0
-        wanted = query.offset + limit
-        results, errors = self._fan_out(asked, query.paged(wanted + 1, 0))
+        if query.offset >= MAX_OFFSET:
+            return answer  # no archive has answers that far
+        # one connector pages itself; several are asked for everything up to the page's end
+        single = len(asked) == 1
+        child = (
+            query.paged(limit + 1, query.offset)
+            if single
+            else query.paged(query.offset + limit + 1, 0)
+        )
+        results, errors = self._fan_out(asked, child)
         if errors and not results:
             raise AllConnectorsFailed(errors)
         answer.warnings.extend(f"connector {e.connector} failed: {e.message}" for e in errors)
-        merged = _merge(query, results)
-        if len(merged) > wanted:
+        merged = _merge(query, results, answer.warnings)
+        paged_by_connector = single and not any(r.unmatched for _, r in results)
+        skip = 0 if paged_by_connector else query.offset
+        if len(merged) > skip + limit:
             answer.warnings.append("There are additional results that can be requested")
         scoped_study = _scoped(query, STUDY_UID)
         scoped_series = _scoped(query, SERIES_UID)
         tags, optional = dicomjson.return_tags(query, scoped_study, scoped_series)
-        for data in merged[query.offset : wanted]:
+        for data in merged[skip : skip + limit]:
             out = dicomjson.trim(data, tags, query.include_all, optional)
             answer.datasets.append(_finish(out, query.level, base_url))
         for _, result in results:
@@ -124,7 +135,8 @@ class Engine:
         self, ref: ResourceRef, ids: Sequence[str], bulk_base: str
     ) -> list[JsonDataset]:
         cid = self.locate(ref, ids)
-        return self.backends[cid].connector.retrieve_metadata(ref, bulk_base)
+        with _guard(cid):
+            return self.backends[cid].connector.retrieve_metadata(ref, bulk_base)
 
     def retrieve_instances(
         self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str
@@ -135,22 +147,43 @@ class Engine:
         cid = self.locate(ref, ids)
         stream = self.backends[cid].connector.retrieve_instances(ref, "*")
         try:
-            first = transcode.deliver(next(stream), transfer_syntax)
+            with _guard(cid):
+                first = transcode.deliver(next(stream), transfer_syntax)
         except StopIteration:
             raise NotFound(f"no instances in that {ref.level.lower()}") from None
         except GatewayError:
             stream.close()
             raise
-        return _chain(first, stream, transfer_syntax)
+        return _chain(cid, first, stream, transfer_syntax)
+
+
+@contextlib.contextmanager
+def _guard(cid: str) -> Iterator[None]:
+    """Whatever a connector's retrieval raises reaches the client as a gateway error naming
+    the connector: a damaged object is a 502, a bug an "internal error" 502 (and a log)."""
+    try:
+        yield
+    except transcode.DamagedObject as exc:
+        raise ConnectorError(exc.message, cid) from exc
+    except GatewayError:
+        raise
+    except Exception as exc:
+        log.exception("connector %s raised during retrieval", cid)
+        raise ConnectorError(f"internal error: {type(exc).__name__}", cid) from exc
 
 
 def _chain(
-    first: Part10, rest: Generator[Part10, None, None], transfer_syntax: str
+    cid: str, first: Part10, rest: Generator[Part10, None, None], transfer_syntax: str
 ) -> Generator[Part10, None, None]:
     try:
         yield first
-        for part in rest:
-            yield transcode.deliver(part, transfer_syntax)
+        while True:
+            with _guard(cid):
+                part = next(rest, None)
+                if part is None:
+                    return
+                out = transcode.deliver(part, transfer_syntax)
+            yield out
     finally:
         rest.close()
 
@@ -172,12 +205,36 @@ def _locate_query(ref: ResourceRef) -> SearchQuery:
     return SearchQuery(level=level, matches=tuple(sorted(matches, key=lambda m: m.tag)), limit=1)
 
 
-def _merge(query: SearchQuery, results: list[tuple[str, SearchResult]]) -> list[JsonDataset]:
-    """Merge by the level's UID in connector order; the first connector wins per attribute."""
+_PARENTS = {Level.STUDY: (), Level.SERIES: (STUDY_UID,), Level.IMAGE: (STUDY_UID, SERIES_UID)}
+
+
+def _valid_uids(data: JsonDataset, level: Level) -> bool:
+    """The UIDs that go into the answer's RetrieveURL are UIDs (PS3.5 9.1), whatever the
+    backend sent: nothing else may reach a URL the gateway emits."""
+    tags = (
+        *_PARENTS[level],
+        {Level.STUDY: STUDY_UID, Level.SERIES: SERIES_UID}.get(level, SOP_UID),
+    )
+    for tag in tags:
+        value = dicomjson.first(data, tag)
+        if not isinstance(value, str) or not is_uid(value):
+            return False
+    return True
+
+
+def _merge(
+    query: SearchQuery, results: list[tuple[str, SearchResult]], warnings: list[str]
+) -> list[JsonDataset]:
+    """Merge by the level's UID in connector order; the first connector wins per attribute.
+    Answers whose UIDs are not valid UIDs are left out, with a warning naming the connector."""
     merged: dict[str, JsonDataset] = {}
-    for _, result in results:
+    for cid, result in results:
+        invalid = 0
         for data in result.datasets:
             if result.unmatched and not matching.matches(query, data, result.unmatched):
+                continue
+            if not _valid_uids(data, query.level):
+                invalid += 1
                 continue
             uid = dicomjson.uid_of(data, query.level)
             if uid is None:
@@ -187,6 +244,8 @@ def _merge(query: SearchQuery, results: list[tuple[str, SearchResult]]) -> list[
                     merged[uid].setdefault(k, attr)
             else:
                 merged[uid] = dict(data)
+        if invalid:
+            warnings.append(f"connector {cid} sent {invalid} answers without valid UIDs (left out)")
     return list(merged.values())
 
 

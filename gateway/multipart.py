@@ -170,10 +170,12 @@ def new_boundary() -> str:
 
 
 def encode(parts: Iterable[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
-    """Yields the body part by part: each part is the delimiter, its Content-Type, a blank line
-    and its bytes; the body ends with the close delimiter `--boundary--` (RFC 2046 5.1.1)."""
+    """Yields the body one part at a time (RFC 2046 5.1.1). Each chunk ends with the delimiter
+    that follows its part, so a client whose stream breaks knows that every part it saw
+    complete was sent whole; the last chunk is the `--` that makes it the close delimiter."""
     delimiter = f"--{boundary}".encode("ascii")
+    yield delimiter
     for content_type, body in parts:
-        head = delimiter + CRLF + b"Content-Type: " + content_type.encode("ascii") + CRLF + CRLF
-        yield b"".join((head, body, CRLF))
-    yield delimiter + b"--" + CRLF
+        head = CRLF + b"Content-Type: " + content_type.encode("ascii") + CRLF + CRLF
+        yield b"".join((head, body, CRLF, delimiter))
+    yield b"--" + CRLF

@@ -8,6 +8,7 @@ pairs, and returns a hashable, frozen `SearchQuery` (it doubles as a cache key) 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -20,14 +21,19 @@ from .errors import BadRequest
 MatchKind = Literal["single", "wildcard", "range", "list", "universal"]
 
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_DA_RE = re.compile(r"^\d{8}$")
-_TM_RE = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
-_DT_RE = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$")
+_DA_RE = re.compile(r"^[0-9]{8}$")
+_TM_RE = re.compile(r"^[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?$")
+_DT_RE = re.compile(
+    r"^[0-9]{4}([0-9]{2}([0-9]{2}([0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?)?)?)?([+-][0-9]{4})?$"
+)
 _TAG_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
 _RANGE_VRS = {"DA": _DA_RE, "TM": _TM_RE, "DT": _DT_RE}
 _LIST_VRS = {"UI", "CS"}
 _NO_WILDCARD_VRS = {"DA", "TM", "DT", "UI", "SQ", "IS", "DS", "US", "UL", "SS", "SL", "FL", "FD"}
-_CONTROL_PARAMETERS = {"includefield", "fuzzymatching", "limit", "offset"}
+#: Bounds that keep a query cheap for every backend (SQL parameter limits, LIKE pattern limits).
+MAX_VALUE_LENGTH = 1024
+MAX_LIST_VALUES = 1000
+MAX_OFFSET = 2**31 - 1
 
 
 class Level(StrEnum):
@@ -137,10 +143,17 @@ def parse_match(tag: int, value: str, parameter: str) -> Match:
     vr = dictionary_VR(tag)
     if vr == "SQ":
         raise BadRequest(f"{parameter}: sequence matching is not supported", parameter=parameter)
+    if len(value) > MAX_VALUE_LENGTH:
+        raise BadRequest(f"{parameter}: longer than {MAX_VALUE_LENGTH} characters", parameter)
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        # PS3.5 6.1: control characters belong to no DICOM string value
+        raise BadRequest(f"{parameter}: control characters are not allowed", parameter)
     if value == "":
         return Match(tag, "universal")
     if vr == "UI":
         uids = tuple(v for v in re.split(r"[,\\]", value))
+        if len(uids) > MAX_LIST_VALUES:
+            raise BadRequest(f"{parameter}: more than {MAX_LIST_VALUES} values", parameter)
         for uid in uids:
             check_uid(uid, parameter)
         return Match(tag, "list" if len(uids) > 1 else "single", uids)
@@ -154,7 +167,9 @@ def parse_match(tag: int, value: str, parameter: str) -> Match:
             raise BadRequest(f"{parameter}: wildcards are not allowed for VR {vr}", parameter)
         # "**" matches what "*" matches; collapsing keeps backend LIKE matchers fast
         return Match(tag, "wildcard", (re.sub(r"\*+", "*", value),))
-    if vr in ("IS", "DS", "US", "UL", "SS", "SL") and not re.match(r"^[+-]?\d+(\.\d+)?$", value):
+    if vr in ("IS", "DS", "US", "UL", "SS", "SL") and not re.match(
+        r"^[+-]?[0-9]+(\.[0-9]+)?$", value
+    ):
         raise BadRequest(f"{parameter}: {value!r} is not a number", parameter=parameter)
     return Match(tag, "single", (value,))
 
@@ -178,10 +193,12 @@ def _parse_range(tag: int, vr: str, value: str, parameter: str) -> Match:
     raise BadRequest(f"{parameter}: {value!r} is not a valid {vr} or {vr} range", parameter)
 
 
-def _parse_unsigned(value: str, parameter: str) -> int:
-    if not value.isdigit():
-        raise BadRequest(f"{parameter} must be an unsigned integer", parameter=parameter)
-    return int(value)
+def parse_unsigned(value: str, parameter: str) -> int:
+    """An unsigned integer in ASCII digits (`²` and `１` are digits to str.isdigit), clamped
+    to MAX_OFFSET: a limit is capped anyway, and no archive has answers that far."""
+    if not (value.isascii() and value.isdigit()):
+        raise BadRequest(f"{parameter} must be an unsigned integer", parameter)
+    return MAX_OFFSET if len(value) > 10 else min(int(value), MAX_OFFSET)
 
 
 def parse_search(
@@ -214,9 +231,9 @@ def parse_search(
                 raise BadRequest("fuzzymatching must be true or false", parameter=name)
             fuzzy = value == "true"
         elif name == "limit":
-            limit = _parse_unsigned(value, name)
+            limit = parse_unsigned(value, name)
         elif name == "offset":
-            offset = _parse_unsigned(value, name)
+            offset = parse_unsigned(value, name)
         else:
             tag = parse_tag(name, name)
             if tag in matches:

@@ -13,13 +13,20 @@ import pydicom
 from pydicom.uid import UID
 
 from .connectors.base import Part10
-from .errors import NotAcceptable
+from .errors import GatewayError, NotAcceptable
 
 UNCOMPRESSED = {
     "1.2.840.10008.1.2": (True, True),  # Implicit VR Little Endian: (implicit, little)
     "1.2.840.10008.1.2.1": (False, True),  # Explicit VR Little Endian
     "1.2.840.10008.1.2.2": (False, False),  # Explicit VR Big Endian (retired)
 }
+
+
+class DamagedObject(GatewayError):
+    """An object from the archive cannot be what it says it is (502; the engine names the
+    connector)."""
+
+    status = 502
 
 
 def deliver(part: Part10, transfer_syntax: str) -> Part10:
@@ -35,9 +42,27 @@ def deliver(part: Part10, transfer_syntax: str) -> Part10:
 
 
 def _reencode(part: Part10, transfer_syntax: str) -> Part10:
-    ds = pydicom.dcmread(io.BytesIO(part.data), force=True)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(part.data), force=True)
+    except Exception as exc:  # pydicom raises many types on damaged input
+        raise DamagedObject("an object the archive sent cannot be read") from exc
+    _check_pixel_length(ds)
     implicit, little = UNCOMPRESSED[transfer_syntax]
     ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     out = io.BytesIO()
     ds.save_as(out, implicit_vr=implicit, little_endian=little, enforce_file_format=True)
     return Part10(out.getvalue(), transfer_syntax, part.sop_instance_uid)
+
+
+def _check_pixel_length(ds: pydicom.Dataset) -> None:
+    """Native Pixel Data holds Rows x Columns x SamplesPerPixel x NumberOfFrames values of
+    BitsAllocated bits (PS3.5 8.1.1); a shorter value is a truncated object, which re-encoding
+    would turn into a valid-looking one."""
+    if "PixelData" not in ds or "Rows" not in ds:
+        return
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    values = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
+    expected = (values * bits + 7) // 8
+    if len(ds.PixelData) < expected:
+        raise DamagedObject("an object the archive sent is truncated (Pixel Data too short)")

@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from .errors import GatewayError, NotFound
+from .errors import BadRequest, GatewayError, NotFound
 
 if TYPE_CHECKING:
     from . import Gateway
 
 log = logging.getLogger("gateway.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: RFC 9110 7.2 / RFC 3986 3.2.2: a reg-name or an IP literal, and an optional port.
+_HOST = re.compile(r"^([A-Za-z0-9._~-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?$")
 
 
 def gateway() -> Gateway:
@@ -43,7 +45,12 @@ def public_root() -> str:
     configured = gateway().settings.gateway.public_url
     if configured:
         return configured.rstrip("/")
-    return request.url_root.rstrip("/")
+    if not _HOST.match(request.host):
+        raise BadRequest("the Host header is not a valid host[:port]", parameter="Host")
+    try:
+        return request.url_root.rstrip("/")
+    except ValueError as exc:  # werkzeug refuses a port out of range
+        raise BadRequest("the Host header is not a valid host[:port]", parameter="Host") from exc
 
 
 def dicomweb_base(connector_id: str | None) -> str:
@@ -68,8 +75,13 @@ def json_response(body: Any, mimetype: str, warnings: Sequence[str] = ()) -> Res
     return response
 
 
-def _error_response(status: int, body: dict[str, object]) -> Response:
+def _error_response(
+    status: int, body: dict[str, object], headers: Iterable[tuple[str, str]] = ()
+) -> Response:
     response = Response(json.dumps(body), status=status, mimetype="application/json")
+    for name, value in headers:
+        if name.lower() not in ("content-type", "content-length"):
+            response.headers.add(name, value)
     g.error = body.get("error")
     return response
 
@@ -84,7 +96,8 @@ def install(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        return _error_response(status, {"status": status, "error": exc.description or exc.name})
+        body: dict[str, object] = {"status": status, "error": exc.description or exc.name}
+        return _error_response(status, body, exc.get_headers())  # keeps Allow on a 405
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -203,8 +203,11 @@ def test_encoder_output_decodes_part_by_part_and_ends_with_the_close_delimiter()
     boundary = new_boundary()
     bodies = [b"--" + boundary.encode() + b"x\r\n", b"", b"\r\n\r\nDICM"]
     chunks = list(encode((("application/dicom", b) for b in bodies), boundary))
-    assert len(chunks) == len(bodies) + 1  # one chunk per part, then the close delimiter
-    assert chunks[-1] == f"--{boundary}--\r\n".encode()
+    # the opening delimiter, one chunk per part ending in the next delimiter, then "--"
+    assert len(chunks) == len(bodies) + 2
+    assert chunks[0] == f"--{boundary}".encode()
+    assert all(c.endswith(f"\r\n--{boundary}".encode()) for c in chunks[1:-1])
+    assert b"".join(chunks).endswith(f"\r\n--{boundary}--\r\n".encode())
     content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
     decoded = list(iter_parts(content_type, chunks))
     assert [p.body for p in decoded] == bodies

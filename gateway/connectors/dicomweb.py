@@ -196,7 +196,9 @@ class DicomWebConnector:
         the request is sent on the first `next()`, which raises NotFound (404) or
         NotAcceptable (406); closing the generator closes the upstream response."""
         accept = f'multipart/related; type="application/dicom"; transfer-syntax={transfer_syntax}'
-        response = self._wado.get(resource_path(ref), "", accept, None, "retrieve", stream=True)
+        # the first part must come within timeouts.request; the rest streams at the client's pace
+        first: list[float | None] = [self._deadline()]
+        response = self._wado.get(resource_path(ref), "", accept, first[0], "retrieve", stream=True)
         with response:
             if response.status_code == 404:
                 raise NotFound(f"no {ref.level.lower()} with that UID", self.id)
@@ -206,13 +208,15 @@ class DicomWebConnector:
                 )
             self._wado.check_status(response, "retrieve")
             content_type = response.headers.get("Content-Type", "")
-            parts = iter_parts(content_type, self._wado.iter_body(response, None, "retrieve"))
+            body = self._wado.iter_body(response, lambda: first[0], "retrieve")
+            parts = iter_parts(content_type, body)
             while True:
                 with mapped(self.id, "retrieve"):
                     part = next(parts, None)
                     if part is None:
                         return
                     item = part10_of(part)
+                first[0] = None
                 yield item
 
     def check(self) -> None:

@@ -163,13 +163,17 @@ class Upstream:
         raise ConnectorError(f"{what} failed: upstream answered HTTP {status}", self.connector)
 
     def iter_body(
-        self, response: requests.Response, deadline: float | None, what: str
+        self,
+        response: requests.Response,
+        deadline: float | None | Callable[[], float | None],
+        what: str,
     ) -> Iterator[bytes]:
         """The body of a streamed response as it arrives (each read returns what is there, up
-        to CHUNK_SIZE, so a slow trickle still meets the `deadline` check between reads)."""
+        to CHUNK_SIZE, so a slow trickle still meets the `deadline` check between reads).
+        `deadline` may be a callable, read before each read, for a deadline that is lifted."""
         raw = response.raw
         while True:
-            self.timeout(deadline, what)
+            self.timeout(deadline() if callable(deadline) else deadline, what)
             with mapped(self.connector, what):
                 chunk = raw.read1(CHUNK_SIZE, decode_content=True)
             if not chunk:
@@ -227,7 +231,8 @@ def mapped(connector: str, what: str) -> Iterator[None]:
             raise ConnectorError(f"{what} failed: connection failed or lost", connector) from exc
         except (requests.RequestException, Urllib3Error, http.client.HTTPException) as exc:
             raise ConnectorError(f"{what} failed: {type(exc).__name__}", connector) from exc
-        except ValueError as exc:  # invalid JSON, malformed multipart, unreadable Part 10
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            # invalid JSON, DICOM JSON of the wrong shape, malformed multipart, bad Part 10
             raise ConnectorError(f"{what}: upstream sent an invalid answer", connector) from exc
 
 
