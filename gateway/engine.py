@@ -12,8 +12,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import logging
+import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import keyword_for_tag
 
 from . import dicomjson, matching, transcode
 from .connectors.base import Connector, Part10, ResourceRef, SearchResult
@@ -96,13 +100,16 @@ class Engine:
     def _fan_out(
         self, ids: Sequence[str], query: SearchQuery
     ) -> tuple[list[tuple[str, SearchResult]], list[ConnectorError]]:
+        """Asks every connector at once; each has until its own deadline, counted from now."""
+        start = time.monotonic()
         futures = {i: self._pool.submit(self.backends[i].connector.search, query) for i in ids}
+        deadlines = {i: start + self.backends[i].settings.timeouts.request + 1.0 for i in ids}
         results: list[tuple[str, SearchResult]] = []
         errors: list[ConnectorError] = []
         for cid, future in futures.items():
-            deadline = self.backends[cid].settings.timeouts.request + 1.0
             try:
-                results.append((cid, future.result(timeout=deadline)))
+                left = max(0.0, deadlines[cid] - time.monotonic())
+                results.append((cid, future.result(timeout=left)))
             except cf.TimeoutError:
                 future.cancel()
                 errors.append(ConnectorTimeout("search timed out", cid))
@@ -136,7 +143,11 @@ class Engine:
     ) -> list[JsonDataset]:
         cid = self.locate(ref, ids)
         with _guard(cid):
-            return self.backends[cid].connector.retrieve_metadata(ref, bulk_base)
+            datasets = self.backends[cid].connector.retrieve_metadata(ref, bulk_base)
+        valid = [d for d in datasets if _valid_uids(d, Level.IMAGE)]
+        if len(valid) < len(datasets):
+            log.warning("connector %s sent metadata without valid UIDs (left out)", cid)
+        return valid
 
     def retrieve_instances(
         self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str
@@ -148,9 +159,10 @@ class Engine:
         stream = self.backends[cid].connector.retrieve_instances(ref, "*")
         try:
             with _guard(cid):
-                first = transcode.deliver(next(stream), transfer_syntax)
-        except StopIteration:
-            raise NotFound(f"no instances in that {ref.level.lower()}") from None
+                part = next(stream, None)
+                if part is None:
+                    raise NotFound(f"no instances in that {ref.level.lower()}", cid)
+                first = transcode.deliver(part, transfer_syntax)
         except GatewayError:
             stream.close()
             raise
@@ -208,6 +220,23 @@ def _locate_query(ref: ResourceRef) -> SearchQuery:
 _PARENTS = {Level.STUDY: (), Level.SERIES: (STUDY_UID,), Level.IMAGE: (STUDY_UID, SERIES_UID)}
 
 
+def _matchable(cid: str, result: SearchResult, warnings: list[str]) -> frozenset[int]:
+    """The keys a connector left to the engine that its answers carry: those it does not
+    return at all cannot be matched, and are ignored with a warning rather than emptying the
+    answer (PS3.18 8.3.4: an origin server may ignore a key it cannot match, and says so)."""
+    carried = {t for t in result.unmatched if any(dicomjson.key(t) in d for d in result.datasets)}
+    for tag in sorted(result.unmatched - carried):
+        if result.datasets:
+            warnings.append(
+                f"connector {cid} cannot match on {keyword_for_tag(tag) or f'{tag:08X}'}"
+            )
+    return frozenset(carried)
+
+
+def _has_value(attr: dict[str, Any] | None) -> bool:
+    return attr is not None and any(k in attr for k in ("Value", "BulkDataURI", "InlineBinary"))
+
+
 def _valid_uids(data: JsonDataset, level: Level) -> bool:
     """The UIDs that go into the answer's RetrieveURL are UIDs (PS3.5 9.1), whatever the
     backend sent: nothing else may reach a URL the gateway emits."""
@@ -230,8 +259,9 @@ def _merge(
     merged: dict[str, JsonDataset] = {}
     for cid, result in results:
         invalid = 0
+        unmatched = _matchable(cid, result, warnings)
         for data in result.datasets:
-            if result.unmatched and not matching.matches(query, data, result.unmatched):
+            if unmatched and not matching.matches(query, data, unmatched):
                 continue
             if not _valid_uids(data, query.level):
                 invalid += 1
@@ -241,7 +271,8 @@ def _merge(
                 continue
             if uid in merged:
                 for k, attr in data.items():
-                    merged[uid].setdefault(k, attr)
+                    if not _has_value(merged[uid].get(k)):
+                        merged[uid][k] = attr
             else:
                 merged[uid] = dict(data)
         if invalid:
@@ -249,8 +280,22 @@ def _merge(
     return list(merged.values())
 
 
+def _without_bulk(data: JsonDataset) -> JsonDataset:
+    """A search answer carries no binary values: an upstream's BulkDataURIs would point past
+    the gateway (with includefield=all), and nothing in QIDO needs them."""
+    out: JsonDataset = {}
+    for k, attr in data.items():
+        if "BulkDataURI" in attr or "InlineBinary" in attr:
+            continue
+        if attr.get("vr") == "SQ" and attr.get("Value"):
+            attr = {**attr, "Value": [_without_bulk(item) for item in attr["Value"]]}
+        out[k] = attr
+    return out
+
+
 def _finish(out: JsonDataset, level: Level, base_url: str) -> JsonDataset:
     """Sets the gateway's RetrieveURL and a default InstanceAvailability (ONLINE)."""
+    out = _without_bulk(out)
     out[dicomjson.key(_RETRIEVE_URL)] = {
         "vr": "UR",
         "Value": [dicomjson.retrieve_url(base_url, out, level)],

@@ -7,6 +7,7 @@ pairs, and returns a hashable, frozen `SearchQuery` (it doubles as a cache key) 
 
 from __future__ import annotations
 
+import datetime
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -29,7 +30,31 @@ _DT_RE = re.compile(
 _TAG_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
 _RANGE_VRS = {"DA": _DA_RE, "TM": _TM_RE, "DT": _DT_RE}
 _LIST_VRS = {"UI", "CS"}
-_NO_WILDCARD_VRS = {"DA", "TM", "DT", "UI", "SQ", "IS", "DS", "US", "UL", "SS", "SL", "FL", "FD"}
+_NO_WILDCARD_VRS = {
+    "DA",
+    "TM",
+    "DT",
+    "UI",
+    "SQ",
+    "IS",
+    "DS",
+    "US",
+    "UL",
+    "SS",
+    "SL",
+    "FL",
+    "FD",
+    "SV",
+    "UV",
+    "AT",
+    "OB",
+    "OW",
+    "OF",
+    "OD",
+    "OL",
+    "OV",
+    "UN",
+}
 #: Bounds that keep a query cheap for every backend (SQL parameter limits, LIKE pattern limits).
 MAX_VALUE_LENGTH = 1024
 MAX_LIST_VALUES = 1000
@@ -165,13 +190,42 @@ def parse_match(tag: int, value: str, parameter: str) -> Match:
     if "*" in value or "?" in value:
         if vr in _NO_WILDCARD_VRS:
             raise BadRequest(f"{parameter}: wildcards are not allowed for VR {vr}", parameter)
+        if set(value) == {"*"}:
+            return Match(tag, "universal")  # PS3.4 C.2.2.2.4: "*" alone is universal matching
         # "**" matches what "*" matches; collapsing keeps backend LIKE matchers fast
         return Match(tag, "wildcard", (re.sub(r"\*+", "*", value),))
-    if vr in ("IS", "DS", "US", "UL", "SS", "SL") and not re.match(
-        r"^[+-]?[0-9]+(\.[0-9]+)?$", value
-    ):
-        raise BadRequest(f"{parameter}: {value!r} is not a number", parameter=parameter)
+    _check_number(vr, value, parameter)
     return Match(tag, "single", (value,))
+
+
+def _real_time(vr: str, value: str) -> bool:
+    """A DA names a real calendar day, a TM a real time of day (PS3.5 Table 6.2-1)."""
+    date, time = (
+        (value, "") if vr == "DA" else ("", value) if vr == "TM" else (value[:8], value[8:14])
+    )
+    if len(date) == 8:
+        try:
+            datetime.date(int(date[:4]), int(date[4:6]), int(date[6:8]))
+        except ValueError:
+            return False
+    limits = (23, 59, 60)  # 60: a leap second
+    fields = [time[i : i + 2] for i in range(0, min(len(time), 6), 2)]
+    return all(len(f) == 2 and int(f) <= top for f, top in zip(fields, limits))
+
+
+_INTEGER = re.compile(r"^[+-]?[0-9]{1,12}$")
+_DECIMAL = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
+def _check_number(vr: str, value: str, parameter: str) -> None:
+    """PS3.5 Table 6.2-1: IS and the binary integer VRs hold integers; DS, FL and FD decimal
+    numbers (with an optional exponent); binary data cannot be a matching key."""
+    if vr in ("IS", "US", "UL", "SS", "SL", "SV", "UV") and not _INTEGER.match(value):
+        raise BadRequest(f"{parameter}: {value!r} is not an integer", parameter=parameter)
+    if vr in ("DS", "FL", "FD") and not _DECIMAL.match(value):
+        raise BadRequest(f"{parameter}: {value!r} is not a decimal number", parameter=parameter)
+    if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+        raise BadRequest(f"{parameter}: binary attributes cannot be matched", parameter=parameter)
 
 
 def _parse_range(tag: int, vr: str, value: str, parameter: str) -> Match:
@@ -180,9 +234,9 @@ def _parse_range(tag: int, vr: str, value: str, parameter: str) -> Match:
     pattern = _RANGE_VRS[vr]
 
     def valid(end: str) -> bool:
-        return end == "" or pattern.match(end) is not None
+        return end == "" or (pattern.match(end) is not None and _real_time(vr, end))
 
-    if pattern.match(value):
+    if valid(value):
         return Match(tag, "single", (value,))
     for i, char in enumerate(value):
         low, high = value[:i], value[i + 1 :]

@@ -82,7 +82,6 @@ def _error_response(
     for name, value in headers:
         if name.lower() not in ("content-type", "content-length"):
             response.headers.add(name, value)
-    g.error = body.get("error")
     return response
 
 

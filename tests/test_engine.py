@@ -175,3 +175,57 @@ def test_locate_and_retrieve_from_the_first_connector_holding_the_resource():
     assert [p.sop_instance_uid for p in parts] == ["1.2.3.4.5"]
     with pytest.raises(NotFound):
         eng.retrieve_instances(ResourceRef("9.9"), ["a", "b"], "*")
+
+
+def test_an_empty_retrieval_stream_is_404_naming_nothing_internal():
+    class Empty(ListConnector):
+        def retrieve_instances(self, ref, ts):
+            yield from ()
+
+    with pytest.raises(NotFound):
+        engine(Empty("a", [study("1.1")])).retrieve_instances(ResourceRef("1.1"), ["a"], "*")
+
+
+def test_a_later_connector_fills_an_attribute_the_first_left_empty():
+    a = ListConnector("a", [study("1.1", **{"00100010": {"vr": "PN"}})])
+    b = ListConnector("b", [study("1.1", **{"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe"}]}})])
+    (data,) = engine(a, b).search(parse_search(Level.STUDY, []), ["a", "b"], BASE).datasets
+    assert data["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Doe"}]}
+
+
+def test_a_key_the_connector_neither_matches_nor_returns_is_ignored_with_a_warning():
+    a = ListConnector("a", [study("1.1")], unmatched=frozenset({0x00080080}))
+    answer = engine(a).search(parse_search(Level.STUDY, [("InstitutionName", "X*")]), ["a"], BASE)
+    assert uids(answer) == ["1.1"]
+    assert answer.warnings == ["connector a cannot match on InstitutionName"]
+
+
+def test_time_outs_of_connectors_asked_together_do_not_add_up():
+    import time
+
+    never = threading.Event()
+    slow = [ListConnector(f"s{i}", [study("1.9")], block=never) for i in range(3)]
+    started = time.monotonic()
+    with pytest.raises(AllConnectorsFailed) as err:
+        engine(*slow, request_timeout=0.5).search(
+            parse_search(Level.STUDY, []), [c.id for c in slow], BASE
+        )
+    elapsed = time.monotonic() - started
+    never.set()
+    assert err.value.status == 504
+    assert elapsed < 3.0  # one deadline (0.5 s + 1 s grace), not three in a row
+
+
+def test_answers_with_invalid_uids_are_left_out_with_a_warning():
+    a = ListConnector("a", [study("1.1"), study("1.2/../x")])
+    answer = engine(a).search(parse_search(Level.STUDY, []), ["a"], BASE)
+    assert uids(answer) == ["1.1"]
+    assert answer.warnings == ["connector a sent 1 answers without valid UIDs (left out)"]
+
+
+def test_search_answers_carry_no_bulk_data_uris():
+    data = study("1.1", **{"00091010": {"vr": "OB", "BulkDataURI": "http://pacs/secret"}})
+    answer = engine(ListConnector("a", [data])).search(
+        parse_search(Level.STUDY, [("includefield", "all")]), ["a"], BASE
+    )
+    assert "00091010" not in answer.datasets[0]

@@ -116,8 +116,10 @@ class DicomWebConnector:
     # -- QIDO-RS ---------------------------------------------------------------------------
 
     def search(self, query: SearchQuery) -> SearchResult:
-        """Pages through the upstream until offset + limit answers, an empty page or a page
-        shorter than asked; answers de-duplicated by the level's UID."""
+        """Pages through the upstream until offset + limit answers, an empty page, or a page
+        shorter than asked that comes without the upstream's `Warning: 299 ... additional
+        results` (PS3.18 8.3.4.4: a server that caps its page size says more remain);
+        answers de-duplicated by the level's UID."""
         if any(m.kind == "list" and not m.values for m in query.matches):
             return SearchResult([])
         path, in_path = search_path(query)
@@ -131,28 +133,31 @@ class DicomWebConnector:
             if wanted is not None:
                 asked = min(asked, wanted - len(answers))
             paging = [("limit", str(asked)), ("offset", str(offset))]
-            page = self._search_page(path, pairs + paging, bool(in_path), deadline)
+            page, more_remain = self._search_page(path, pairs + paging, bool(in_path), deadline)
             before = len(answers)
             for data in page:
                 uid = dicomjson.uid_of(data, query.level) or f"#{len(answers)}"
                 answers.setdefault(uid, data)
             offset += len(page)
-            # a short page ends the list; a page with nothing new means offset is ignored
-            more = len(page) == asked and len(answers) > before
+            # a page with nothing new means the upstream ignores offset
+            full = len(page) == asked or (bool(page) and more_remain)
+            more = full and len(answers) > before
         datasets = list(answers.values())
         end = None if query.limit is None else query.offset + query.limit
         return SearchResult(datasets[query.offset : end], complete=not more)
 
     def _search_page(
         self, path: str, pairs: list[tuple[str, str]], scoped: bool, deadline: float
-    ) -> list[JsonDataset]:
+    ) -> tuple[list[JsonDataset], bool]:
+        """One page, and whether the upstream says more results remain."""
         response = self._qido.get(path, encode_query(pairs), DICOM_JSON, deadline, "search", True)
         with response:
             if response.status_code == 204 or (response.status_code == 404 and scoped):
-                return []
+                return [], False
             self._qido.check_status(response, "search")
+            warning = response.headers.get("Warning", "")
             body = self._qido.read_json(response, deadline, "search")
-        return self._datasets(body, "search")
+        return self._datasets(body, "search"), "additional result" in warning.lower()
 
     def _datasets(self, body: Any, what: str) -> list[JsonDataset]:
         if body is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 
 from flask import Blueprint, Response
 
@@ -34,9 +35,9 @@ def readyz() -> Response:
     return response
 
 
-def _state(future: cf.Future[None], timeout: float) -> str:
+def _state(future: cf.Future[None], deadline: float) -> str:
     try:
-        future.result(timeout=timeout)
+        future.result(timeout=max(0.0, deadline - time.monotonic()))
     except cf.TimeoutError:
         return "timed out"
     except GatewayError as exc:

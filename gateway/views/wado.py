@@ -9,7 +9,7 @@ from flask import Blueprint, Response, request
 from .. import bulk
 from ..connectors.base import Part10, ResourceRef
 from ..multipart import encode, new_boundary
-from ..negotiation import DICOM_JSON, negotiate_bulk, negotiate_instances, negotiate_json
+from ..negotiation import negotiate_bulk, negotiate_instances, negotiate_json
 from ..query import check_uid
 from ..web import connector_ids, dicomweb_base, gateway, json_response
 
@@ -56,7 +56,7 @@ def metadata(
     ref = _ref(study, series, instance)
     ids = connector_ids(connector_id)
     datasets = gateway().engine.retrieve_metadata(ref, ids, dicomweb_base(connector_id))
-    return json_response(datasets, mimetype if mimetype != DICOM_JSON else DICOM_JSON)
+    return json_response(datasets, mimetype)
 
 
 def retrieve_bulkdata(

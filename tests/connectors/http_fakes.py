@@ -242,11 +242,16 @@ class BearerStudies:
 
 class PagedSearch:
     """A QIDO-RS resource over `datasets` honouring limit/offset (PS3.18 8.3.4.4); `cap` is the
-    server's own largest page. Records each (limit, offset) asked."""
+    server's own largest page, and a capped page that leaves results behind carries the 299
+    "additional results" Warning when `warn` (as dcm4chee does; Orthanc does not). Records each
+    (limit, offset) asked."""
 
-    def __init__(self, datasets: Sequence[dict[str, Any]], cap: int | None = None) -> None:
+    def __init__(
+        self, datasets: Sequence[dict[str, Any]], cap: int | None = None, warn: bool = True
+    ) -> None:
         self.datasets = list(datasets)
         self.cap = cap
+        self.warn = warn
         self.asked: list[tuple[int | None, int]] = []
 
     def __call__(self, request: Request) -> None:
@@ -256,8 +261,12 @@ class PagedSearch:
         self.asked.append((limit, offset))
         size = min(x for x in (limit, self.cap, len(self.datasets)) if x is not None)
         page = self.datasets[offset : offset + size]
+        left = len(self.datasets) - offset - len(page)
+        headers = {}
+        if self.warn and left > 0:
+            headers["Warning"] = f'299 fake "There are {left} additional results that can be requested"'
         if page:
-            request.reply_json(page)
+            request.reply(200, json.dumps(page).encode(), DICOM_JSON, headers)
         else:
             request.reply(204)
 

@@ -461,8 +461,8 @@ def studies_json(count: int) -> list[dict[str, Any]]:
         (6, 3, 100, 0, None, [(3, 0), (3, 3), (3, 6)], range(6)),
         # offset + limit reached: the last request asks only for what is missing
         (20, 3, 5, 2, None, [(3, 0), (3, 3), (1, 6)], range(2, 7)),
-        # a page shorter than asked ends the list (page-size must not exceed the upstream's)
-        (20, 5, 10, 0, 4, [(5, 0)], range(4)),
+        # a page shorter than asked, with the upstream's "additional results" warning: go on
+        (20, 5, 10, 0, 4, [(5, 0), (5, 4), (2, 8)], range(10)),
         (0, 3, 10, 0, None, [(3, 0)], range(0)),
     ],
 )
@@ -486,6 +486,15 @@ def test_paging_requests(
     assert uids(result.datasets, STUDY_UID) == [
         f"1.2.826.0.1.3680043.8.498.{n + 1}" for n in expected
     ]
+
+
+def test_a_short_page_without_the_warning_ends_the_list(build: Build) -> None:
+    paged = fakes.PagedSearch(studies_json(20), cap=4, warn=False)
+    with fakes.FakeServer({"/dicom-web/studies": paged}) as server:
+        connector = build(none_auth(server.url + "/dicom-web"), page_size=5)
+        result = connector.search(query(Level.STUDY, [("limit", "10")]))
+    assert paged.asked == [(5, 0)]
+    assert len(result.datasets) == 4
 
 
 def test_upstream_that_ignores_offset_does_not_loop(build: Build) -> None:
