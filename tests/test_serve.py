@@ -22,8 +22,8 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or workers still booting behind an accepted connection
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "gunicorn did not become ready"
         time.sleep(0.1)

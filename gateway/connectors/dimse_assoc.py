@@ -12,6 +12,7 @@ small DIMSE messages otherwise stall on Nagle's algorithm and delayed ACKs).
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 import threading
@@ -27,6 +28,8 @@ from pynetdicom.status import GENERAL_STATUS, QR_FIND_SERVICE_CLASS_STATUS
 
 from ..errors import ConnectorError, ConnectorTimeout
 from ..settings import Dimse, Timeouts
+
+log = logging.getLogger("gateway.dimse")
 
 Handler = tuple[Any, ...]  # (event, handler) or (event, handler, args), as pynetdicom takes them
 
@@ -241,7 +244,10 @@ class Link:
                 tls_args=(self.tls, self.dimse.host) if self.tls is not None else None,
             )
         except (ValueError, TypeError, RuntimeError) as exc:
-            raise ConnectorError(f"cannot request an association: {exc}", self.connector) from exc
+            log.warning("connector %s: association request failed: %s", self.connector, exc)
+            raise ConnectorError(
+                f"cannot request an association: {type(exc).__name__}", self.connector
+            ) from exc
         if assoc.is_established:
             return assoc
         raise self._not_established(assoc, bool(opened), time.monotonic() - started, ae)
@@ -249,7 +255,15 @@ class Link:
     def _not_established(
         self, assoc: Association, opened: bool, elapsed: float, ae: AE
     ) -> ConnectorError:
-        where = f"{self.dimse.aet}@{self.dimse.host}:{self.dimse.port}"
+        # the client hears about "the PACS" of the named connector; its address goes to the log
+        where = "the PACS"
+        log.warning(
+            "connector %s: no association with %s@%s:%s",
+            self.connector,
+            self.dimse.aet,
+            self.dimse.host,
+            self.dimse.port,
+        )
         if assoc.is_rejected:
             rsp = assoc.acceptor.primitive
             detail = f"{rsp.result_str}, {rsp.source_str}: {rsp.reason_str}" if rsp else ""

@@ -23,12 +23,14 @@ def healthz() -> Response:
 def readyz() -> Response:
     """Each connector reachable (C-ECHO, SELECT 1, an upstream QIDO): 200, else 503."""
     backends = gateway().engine.backends
-    with cf.ThreadPoolExecutor(max_workers=max(1, len(backends))) as pool:
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, len(backends)), thread_name_prefix="readyz")
+    try:
         futures = {cid: pool.submit(b.connector.check) for cid, b in backends.items()}
-        states = {
-            cid: _state(f, backends[cid].settings.timeouts.connect + 5)
-            for cid, f in futures.items()
-        }
+        wait = max(b.settings.timeouts.connect for b in backends.values()) + 5
+        deadline = time.monotonic() + wait
+        states = {cid: _state(f, deadline) for cid, f in futures.items()}
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a hung check does not hold the answer
     ready = all(s == "ok" for s in states.values())
     response = json_response({"ready": ready, "connectors": states}, "application/json")
     response.status_code = 200 if ready else 503
