@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from . import web
     from .config import load_settings
     from .connectors import build_connector
-    from .views import ops, qido, rendered, wado
+    from .views import frames, ops, qido, rendered, wado
 
     if settings is None:
         settings = load_settings()
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)  # type: ignore[method-assign]
     web.install(app)
     app.register_blueprint(ops.bp)
-    for blueprint in (qido.bp, wado.bp, rendered.bp):
+    for blueprint in (qido.bp, wado.bp, frames.bp, rendered.bp):
         app.register_blueprint(blueprint, url_prefix="/dicomweb")
         app.register_blueprint(
             blueprint,

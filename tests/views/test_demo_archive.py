@@ -193,8 +193,18 @@ def test_default_transfer_syntax_is_explicit_vr_little_endian(client):
     assert (got.pixel_array == pydicom.dcmread(RTDOSE["path"]).pixel_array).all()
 
 
-def test_compressed_object_without_transfer_syntax_star_is_406(client):
+def test_compressed_object_is_decoded_to_explicit_vr_little_endian_by_default(client):
     r = client.get(f"/dicomweb/studies/{US['StudyInstanceUID']}")
+    ((_, syntax, body),) = parts(r)
+    assert syntax == "1.2.840.10008.1.2.1"
+    got = pydicom.dcmread(io.BytesIO(body))
+    assert got.SOPInstanceUID == US["SOPInstanceUID"]
+    assert (got.pixel_array == pydicom.dcmread(US["path"]).pixel_array).all()
+
+
+def test_a_lossy_target_syntax_is_406(client):
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+    r = client.get(f"/dicomweb/studies/{CT['StudyInstanceUID']}", headers={"Accept": accept})
     assert r.status_code == 406
 
 

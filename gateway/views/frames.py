@@ -1,0 +1,53 @@
+"""WADO-RS Retrieve Frames (PS3.18 10.4.1.1.3): one part per requested frame, in request
+order, as stored or decoded as the Accept header asks (see `negotiation.choose_frames`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, request
+
+from .. import frames as pixel_frames
+from ..connectors.base import ResourceRef
+from ..multipart import encode, new_boundary
+from ..negotiation import FrameChoice, choose_frames, frame_ranges
+from ..query import check_uid
+from ..web import connector_ids, gateway
+
+bp = Blueprint("frames", __name__)
+
+
+def retrieve_frames(
+    study: str, series: str, instance: str, frame_list: str, connector_id: str | None = None
+) -> Response:
+    """GET {root}/studies/{s}/series/{se}/instances/{i}/frames/{list}."""
+    numbers = pixel_frames.parse_frame_list(frame_list)
+    ranges = frame_ranges(request.headers.get("Accept"), len(numbers))
+    for uid, name in ((study, "Study"), (series, "Series"), (instance, "SOP")):
+        check_uid(uid, f"{name}InstanceUID")
+    ref = ResourceRef(study, series, instance)
+    stream = gateway().engine.retrieve_instances(ref, connector_ids(connector_id), "*")
+    try:
+        image = pixel_frames.open_image(next(stream).data)
+    finally:
+        stream.close()
+    choice = choose_frames(ranges, image.transfer_syntax, image.can_decode)
+    return _respond(choice, pixel_frames.frames(image, numbers, choice.decode))
+
+
+def _respond(choice: FrameChoice, bodies: Iterator[bytes]) -> Response:
+    part_type = f"{choice.media_type}; transfer-syntax={choice.transfer_syntax}"
+    if not choice.multipart:
+        return Response(next(bodies), content_type=part_type)
+    boundary = new_boundary()
+    content_type = f'multipart/related; type="{choice.media_type}"; boundary={boundary}'
+    return Response(encode(((part_type, b) for b in bodies), boundary), content_type=content_type)
+
+
+bp.add_url_rule(
+    "/studies/<study>/series/<series>/instances/<instance>/frames/<frame_list>",
+    "retrieve_frames",
+    retrieve_frames,
+    methods=["GET"],
+    strict_slashes=False,
+)
