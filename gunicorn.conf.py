@@ -9,6 +9,9 @@ threads = int(os.environ.get("GATEWAY_THREADS", "16"))
 timeout = 120  # a worker silent this long is restarted; streaming threads keep it alive
 graceful_timeout = 30
 keepalive = 5
+# preload_app stays off: each worker builds its connectors and starts the C-MOVE storage SCP
+# (or its relay client) after the fork.
+preload_app = False
 # The gateway decides which forwarded headers to trust (gateway.trust-proxy), not gunicorn.
 secure_scheme_headers: dict[str, str] = {}
 forwarded_allow_ips = ""

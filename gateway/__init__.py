@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -12,15 +13,20 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .engine import Backend, Engine
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .connectors.storescp import StorageScp
+
 log = logging.getLogger("gateway")
 
 
 @dataclass
 class Gateway:
-    """What the blueprints share: the settings and the engine over the built connectors."""
+    """What the blueprints share: the settings and the engine over the built connectors, and
+    the storage SCP that C-MOVE retrievals receive on."""
 
     settings: Settings
     engine: Engine
+    storage_scp: StorageScp | None = None
 
     @property
     def max_results(self) -> int:
@@ -28,6 +34,20 @@ class Gateway:
 
     def close(self) -> None:
         self.engine.close()
+        if self.storage_scp is not None:
+            self.storage_scp.stop()
+
+
+def _start_storage_scp(settings: Settings) -> StorageScp | None:
+    """The storage SCP that C-MOVE retrievals arrive on, when `gateway.storage-scp` is set."""
+    options = settings.gateway.storage_scp
+    if options is None:
+        return None
+    from .connectors.storescp import StorageScp
+
+    scp = StorageScp(options, settings.gateway.timeouts)
+    scp.start()
+    return scp
 
 
 def _quiet_pydicom() -> None:
@@ -54,8 +74,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         from .demo import ensure_demo_archive
 
         ensure_demo_archive(settings.gateway.demo_archive.directory)
-    backends = [Backend(build_connector(c, settings), c) for c in settings.connectors]
-    gw = Gateway(settings, Engine(backends))
+    scp = _start_storage_scp(settings)
+    backends = [Backend(build_connector(c, settings, scp), c) for c in settings.connectors]
+    gw = Gateway(settings, Engine(backends), scp)
     log.info(
         "connectors: %s; default: %s", [c.id for c in settings.connectors], list(settings.default)
     )

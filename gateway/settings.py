@@ -212,12 +212,26 @@ class DemoArchive:
 
 
 @dataclass(frozen=True)
+class StorageScpOptions:
+    """`gateway.storage-scp`: the embedded storage SCP that C-MOVE retrievals send to.
+    `aet` is the move destination the PACS must know, at `host` (the address it listens on)
+    and `port`; `relay_dir` holds the local socket through which the worker that owns the port
+    hands objects to the other workers (default: a private folder under the temp directory)."""
+
+    aet: str
+    port: int
+    host: str = "127.0.0.1"
+    relay_dir: str | None = None
+
+
+@dataclass(frozen=True)
 class GatewayOptions:
     public_url: str | None = None
     trust_proxy: bool = False
     max_results: int = 1000
     demo_archive: DemoArchive | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
+    storage_scp: StorageScpOptions | None = None
 
 
 @dataclass(frozen=True)

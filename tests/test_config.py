@@ -30,6 +30,7 @@ from gateway.settings import (
     OidcClient,
     Server,
     Settings,
+    StorageScpOptions,
     Timeouts,
     Tls,
     TrustStore,
@@ -694,3 +695,54 @@ def test_oidc_id_in_both_files_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(main, {})
     assert caught.value.errors == (("oidc.kc", "Also defined in application-oidc.yml."),)
+
+
+# ---------------------------------------------------------------------------------------------
+# gateway.storage-scp: the storage SCP that C-MOVE retrievals send to
+
+SCP = "gateway.storage-scp"
+MOVE = f"{DIMSE}.retrieve-method"
+
+
+def test_storage_scp_block_and_defaults() -> None:
+    data = change(base(), SCP, {"aet": " GATEWAY ", "port": 11112})
+    assert load(data).gateway.storage_scp == StorageScpOptions(
+        aet="GATEWAY", port=11112, host="127.0.0.1", relay_dir=None)  # PS3.5 6.2: spaces trimmed
+    data = change(data, SCP, {"aet": "GW", "port": "104", "host": "::",
+                              "relay-dir": "/run/gateway"})
+    assert load(data).gateway.storage_scp == StorageScpOptions(
+        aet="GW", port=104, host="::", relay_dir="/run/gateway")
+    assert load(base()).gateway.storage_scp is None
+
+
+def test_example_config_has_a_storage_scp() -> None:
+    env = {"DB_PASSWORD": "db-pw", "PACS_WEB_PASSWORD": "web-pw", "OIDC_CLIENT_SECRET": "cs"}
+    assert load_settings(EXAMPLE, env).gateway.storage_scp == StorageScpOptions(
+        aet="GATEWAY", port=11112, host="127.0.0.1")
+
+
+def test_c_move_needs_a_storage_scp() -> None:
+    assert errors_of(change(base(), MOVE, "C-MOVE")) == [
+        f"{MOVE}: C-MOVE needs gateway.storage-scp (the storage SCP the PACS sends the objects "
+        "to)."]
+    data = change(change(base(), MOVE, "c-move"), SCP, {"aet": "GATEWAY", "port": 11112})
+    assert load(data).connector("dimse").dicom.dimse.retrieve_method == "C-MOVE"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("block", "expected"), [
+    ({"port": 11112}, f"{SCP}.aet: {MISSING}"),
+    ({"aet": "GATEWAY"}, f"{SCP}.port: {MISSING}"),
+    ({"aet": "GATE\\WAY", "port": 11112}, f"{SCP}.aet: {AE}"),
+    ({"aet": "A" * 17, "port": 11112}, f"{SCP}.aet: {AE}"),
+    ({"aet": "GATEWAY", "port": 0}, f"{SCP}.port: {PORT_RANGE}"),
+    ({"aet": "GATEWAY", "port": 65536}, f"{SCP}.port: {PORT_RANGE}"),
+    ({"aet": "GATEWAY", "port": 11112, "host": "not a host"},
+     f"{SCP}.host: Not an IP address or a host name."),
+    ({"aet": "GATEWAY", "port": 11112, "relay-dir": "run/gw"},
+     f"{SCP}.relay-dir: Must be an absolute path."),
+    ({"aet": "GATEWAY", "port": 11112, "relay-dir": "/" + "d" * 87},
+     f"{SCP}.relay-dir: Too long for a local socket path: at most 87 bytes."),
+    ({"aet": "GATEWAY", "port": 11112, "ae-title": "X"}, f"{SCP}.ae-title: Unknown key."),
+])
+def test_storage_scp_errors_name_the_key(block: dict[str, Any], expected: str) -> None:
+    assert errors_of(change(base(), SCP, block)) == [expected]

@@ -50,6 +50,9 @@ Rules beyond the shape:
   logger "gateway.config", a WARNING for unknown ids).
 - At least one connector is required unless `gateway.demo-archive` is set.
 - Per-connector `timeouts` override `gateway.timeouts` key by key.
+- `dimse.retrieve-method: C-MOVE` needs `gateway.storage-scp` (aet and port required; host an IP
+  address or host name, default 127.0.0.1; relay-dir an absolute path short enough for a local
+  socket).
 
 Modules of this package: `fields` (the custom marshmallow fields and validators), `schemas` (one
 schema per block of the file, each building its part of the settings), and this one (reading the
@@ -77,6 +80,7 @@ log = logging.getLogger("gateway.config")
 DEFAULT_PATH = "config/gateway.yml"
 OIDC_FILE = "application-oidc.yml"
 MISSING_CONNECTOR = "At least one connector is required (or set gateway.demo-archive)."
+NEEDS_SCP = "C-MOVE needs gateway.storage-scp (the storage SCP the PACS sends the objects to)."
 
 _REF = re.compile(r"\$\$\{|\$\{(?:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})?")
 
@@ -226,6 +230,8 @@ def _load(data: Any, env: Mapping[str, str], extra_oidc: dict[str, dict[str, Any
     )
     if not connectors and options.demo_archive is None:
         raise ConfigError([("connector.config", MISSING_CONNECTOR)])
+    if options.storage_scp is None:
+        _no_c_move(connectors)
     oidc = {**loaded.get("oidc", {}), **extra_oidc}
     return s.Settings(
         connectors=connectors,
@@ -240,6 +246,22 @@ def _connector(cid: str, data: dict[str, Any], timeouts: s.Timeouts) -> s.Connec
     values = _present(data)
     values["timeouts"] = replace(timeouts, **values.get("timeouts", {}))
     return s.ConnectorSettings(id=cid, **values)
+
+
+def _no_c_move(connectors: Sequence[s.ConnectorSettings]) -> None:
+    """Without `gateway.storage-scp` no PACS can send C-MOVE sub-operations to the gateway."""
+    moving = [
+        c.id
+        for c in connectors
+        if c.dicom is not None and c.dicom.dimse.retrieve_method == "C-MOVE"
+    ]
+    if moving:
+        raise ConfigError(
+            [
+                (f"connector.config.{cid}.dicom-connector.dimse.retrieve-method", NEEDS_SCP)
+                for cid in moving
+            ]
+        )
 
 
 def _resolve_default(requested: tuple[str, ...] | None, ids: tuple[str, ...]) -> tuple[str, ...]:

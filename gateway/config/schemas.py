@@ -3,6 +3,8 @@ the frozen settings (see the `gateway.config` docstring for the rules beyond the
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -404,12 +406,50 @@ class DemoSchema(Block):
         return s.DemoArchive(**data)
 
 
+#: A socket file name under relay-dir is at most this long; AF_UNIX paths hold 107 bytes.
+_RELAY_NAME = len("/storescp-65535.sock")
+_UNIX_PATH_MAX = 107
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _listen_host(value: str) -> None:
+    """An IP address or a host name the storage SCP can bind to."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOST.fullmatch(value):
+            raise ValidationError("Not an IP address or a host name.") from None
+
+
+def _relay_dir(value: str) -> None:
+    if not value.startswith("/"):
+        raise ValidationError("Must be an absolute path.")
+    if len(value.rstrip("/").encode()) + _RELAY_NAME > _UNIX_PATH_MAX:
+        raise ValidationError(
+            f"Too long for a local socket path: at most {_UNIX_PATH_MAX - _RELAY_NAME} bytes."
+        )
+
+
+class StorageScpSchema(Block):
+    """`gateway.storage-scp`: the storage SCP that C-MOVE retrievals need."""
+
+    aet = AeTitle(required=True)
+    port = Int(required=True, validate=validate.Range(min=1, max=65535))
+    host = Text(validate=_listen_host)
+    relay_dir = Text(data_key="relay-dir", validate=_relay_dir)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kw: Any) -> s.StorageScpOptions:
+        return s.StorageScpOptions(**data)
+
+
 class GatewaySchema(Block):
     public_url = Text(data_key="public-url", validate=http_url)
     trust_proxy = fields.Boolean(data_key="trust-proxy")
     max_results = Int(data_key="max-results", validate=validate.Range(min=1))
     timeouts = fields.Nested(TimeoutsSchema)
     demo_archive = fields.Nested(DemoSchema, data_key="demo-archive")
+    storage_scp = fields.Nested(StorageScpSchema, data_key="storage-scp")
 
     @post_load
     def _make(self, data: dict[str, Any], **kw: Any) -> s.GatewayOptions:

@@ -5,8 +5,10 @@ No association is opened before a request needs one, each request has its own as
 (at most `dimse.max-associations` at once), and each search is bounded by `timeouts.request`.
 The modules beside this one hold the parts: `dimse_assoc` (associations, time-outs, TLS,
 TCP_NODELAY, status codes), `dimse_tls`, `dimse_find` (identifiers, one C-FIND with C-CANCEL),
-`dimse_search` (relational, hierarchical and derived-key plans) and `dimse_get` (streaming
-C-GET; partial retrievals raise `dimse_get.RetrieveIncomplete`).
+`dimse_search` (relational, hierarchical and derived-key plans), `dimse_get` (streaming
+C-GET; partial retrievals raise `dimse_get.RetrieveIncomplete`) and `dimse_move` (C-MOVE to the
+gateway's embedded storage SCP, `storescp`, when `dimse.retrieve-method` is C-MOVE; the running
+SCP is given to the constructor).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .base import Capabilities, Part10, ResourceRef, SearchResult, boundary
 from .dimse_assoc import Link, Session, StatusError, status_text
 from .dimse_find import FIND_MODEL, MODALITIES_IN_STUDY, SOP_CLASS
 from .dimse_get import RetrieveIncomplete, Target, retrieve
+from .dimse_move import retrieve as retrieve_by_move
 from .dimse_search import (
     add_derived,
     flat,
@@ -40,6 +43,7 @@ from .dimse_search import (
     request_keys,
 )
 from .dimse_tls import client_context
+from .storescp import StorageScp
 
 __all__ = ["DimseConnector", "RetrieveIncomplete"]
 
@@ -52,13 +56,16 @@ class DimseConnector:
 
     capabilities = Capabilities(relational=True, fuzzy=False, uid_lists=True)
 
-    def __init__(self, settings: ConnectorSettings) -> None:
+    def __init__(
+        self, settings: ConnectorSettings, *, storage_scp: StorageScp | None = None
+    ) -> None:
         if settings.dicom is None:
             raise ValueError(f"connector {settings.id} has no dicom-connector block")
         self.id = settings.id
         self.settings = settings
         self.dimse: Dimse = settings.dicom.dimse
         self.link = Link(settings.id, self.dimse, settings.timeouts)
+        self.storage_scp = storage_scp
         self._lock = threading.Lock()
         self._tls_loaded = False
         self._hierarchical = self.dimse.query_model == "hierarchical"
@@ -173,12 +180,23 @@ class DimseConnector:
     def retrieve_instances(
         self, ref: ResourceRef, transfer_syntax: str
     ) -> Generator[Part10, None, None]:
-        """C-GET of the instances under `ref`, streamed (see `dimse_get`). Raises NotFound
-        before the first object when the C-FIND finds nothing."""
-        if self.dimse.retrieve_method == "C-MOVE":
-            raise ConnectorError("C-MOVE is not supported yet", self.id)
+        """C-GET or C-MOVE (`dimse.retrieve-method`) of the instances under `ref`, streamed
+        (see `dimse_get`, `dimse_move`). Raises NotFound before the first object when the
+        C-FIND finds nothing."""
+        moving = self.dimse.retrieve_method == "C-MOVE"
+        scp = self.storage_scp
+        if moving and scp is None:
+            raise ConnectorError(
+                "C-MOVE is not supported yet: gateway.storage-scp is not configured (the PACS "
+                "sends the objects of a C-MOVE to the gateway's storage SCP)",
+                self.id,
+            )
         target = self._target(ref)
         link = self._ready_link()
+        if scp is not None and moving:
+            with boundary(self.id, "C-MOVE"):
+                yield from retrieve_by_move(link, target, scp, transfer_syntax)
+            return
         with boundary(self.id, "C-GET"):
             yield from retrieve(link, target, transfer_syntax)
 
