@@ -123,6 +123,9 @@ def test_filters_match_orthanc(gateway, direct, archive):
             direct.search_for_studies(search_filters=filters), "0020000D"), filters
     assert uids(gw.search_for_series(search_filters={"Modality": "RTDOSE"}), "0020000E") == [
         samples.sample_index()["rtdose.dcm"]["SeriesInstanceUID"]]
+    ct_or_mr = sorted({i["SeriesInstanceUID"] for i in samples.sample_index().values()
+                       if i["Modality"] in ("CT", "MR")})
+    assert uids(gw.search_for_series(search_filters={"Modality": "CT,MR"}), "0020000E") == ct_or_mr
 
 
 @pytest.mark.parametrize("archive", ARCHIVES)

@@ -121,13 +121,17 @@ class DimseConnector:
 
     def search(self, query: SearchQuery) -> SearchResult:
         """C-FIND at the query's level (see the module docstring). PN keys under fuzzy
-        matching are sent universal and reported unmatched; then, and when ModalitiesInStudy
-        has to be matched here, all answers are fetched and paging is done here or by the
-        engine."""
+        matching, and value lists of other VRs than UI (PS3.4 C.2.2.2.2 defines list matching
+        for UIDs only), are sent universal and reported unmatched; then, and when
+        ModalitiesInStudy has to be matched here, all answers are fetched and paging is done
+        here or by the engine."""
         if any(m.kind == "list" and not m.values for m in query.matches):
             return SearchResult(datasets=[])
         unmatched = frozenset(
-            m.tag for m in query.matches if query.fuzzy and m.vr == "PN" and m.kind != "universal"
+            m.tag
+            for m in query.matches
+            if (query.fuzzy and m.vr == "PN" and m.kind != "universal")
+            or (m.kind == "list" and m.vr != "UI" and m.tag != MODALITIES_IN_STUDY)
         )
         modalities = query.match(MODALITIES_IN_STUDY) if query.level is Level.STUDY else None
         if modalities is not None and modalities.kind == "universal":

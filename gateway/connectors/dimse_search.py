@@ -12,10 +12,9 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from .. import dicomjson
+from .. import dicomjson, matching
 from ..dicomjson import JsonDataset, attribute, first, key
 from ..query import SERIES_UID, SOP_UID, STUDY_UID, Level, Match, SearchQuery
 from .dimse_assoc import Session
@@ -179,12 +178,4 @@ def _count_instances(session: Session, study: str | None, series: str | None) ->
 def modalities_match(match: Match, row: JsonDataset) -> bool:
     """ModalitiesInStudy matching done here (PS3.4 C.2.2.2): true when one of the study's
     modalities matches the single value, one of the list or the wildcard pattern."""
-    values = row.get(key(MODALITIES_IN_STUDY), {}).get("Value", [])
-    if match.kind == "universal":
-        return True
-    if match.kind == "wildcard":
-        pattern = "".join(
-            ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in match.values[0]
-        )
-        return any(re.fullmatch(pattern, str(v)) for v in values)
-    return any(v in match.values for v in values)
+    return matching.matches_one(match, row, fuzzy=False)
