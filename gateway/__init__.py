@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import atexit
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .engine import Backend, Engine
+from .metrics import Metrics
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ class Gateway:
     settings: Settings
     engine: Engine
     storage_scp: StorageScp | None = None
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def max_results(self) -> int:

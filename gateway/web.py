@@ -90,6 +90,9 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(GatewayError)
     def _gateway_error(exc: GatewayError) -> Response:
+        if exc.connector is not None:
+            for name in exc.connector.split(", "):
+                gateway().metrics.connector_failed(name, exc.status)
         return _error_response(exc.status, exc.to_json())
 
     @app.errorhandler(HTTPException)
@@ -114,6 +117,7 @@ def install(app: Flask) -> None:
         response.headers["X-Request-Id"] = g.get("request_id", "-")
         elapsed = (time.monotonic() - g.get("started", time.monotonic())) * 1000
         rule = request.url_rule.rule if request.url_rule else "-"  # no UIDs, no query string
+        gateway().metrics.observe(rule, request.method, response.status_code, elapsed / 1000)
         log.info(
             "%s %s %s %d %.1fms",
             g.get("request_id", "-"),

@@ -19,6 +19,12 @@ def healthz() -> Response:
     return json_response({"status": "ok"}, "application/json")
 
 
+@bp.get("/metrics", strict_slashes=False)
+def metrics() -> Response:
+    """Prometheus text exposition: requests by route and status, latency, connector failures."""
+    return Response(gateway().metrics.text(), mimetype="text/plain; version=0.0.4")
+
+
 @bp.get("/readyz", strict_slashes=False)
 def readyz() -> Response:
     """Each connector reachable (C-ECHO, SELECT 1, an upstream QIDO): 200, else 503."""

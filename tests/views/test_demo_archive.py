@@ -262,3 +262,27 @@ def test_bulk_data_errors(client):
     assert client.get(f"{base}/00091001").status_code == 404
     assert client.get(f"{base}/zz").get_json()["parameter"] == "bulk"
     assert client.get(f"{base}/7FE00010", headers={"Accept": "image/png"}).status_code == 406
+
+
+def test_metrics_count_requests_by_route_and_connector_failures(tmp_path):
+    from tests.harness.ports import free_port
+
+    text = (ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(tmp_path))
+    data = yaml.safe_load(text)
+    data["connector"]["config"]["dead"] = {"type": "DICOM", "dicom-connector": {"dimse": {
+        "calling-aet": "GW", "aet": "NOBODY", "host": "127.0.0.1", "port": free_port()}}}
+    app = create_app(load_settings_from_dict(data))
+    try:
+        web = app.test_client()
+        assert web.get("/archives/demo/dicomweb/studies").status_code == 200
+        assert web.get("/archives/demo/dicomweb/studies?limit=x").status_code == 400
+        assert web.get("/archives/dead/dicomweb/studies").status_code == 502
+        r = web.get("/metrics")
+        assert r.status_code == 200 and r.mimetype == "text/plain"
+        lines = set(r.get_data(as_text=True).splitlines())
+        route = "/archives/<connector_id>/dicomweb/studies"
+        assert f'gateway_requests_total{{method="GET",route="{route}",status="200"}} 1.0' in lines
+        assert f'gateway_requests_total{{method="GET",route="{route}",status="400"}} 1.0' in lines
+        assert 'gateway_connector_errors_total{connector="dead",status="502"} 1.0' in lines
+    finally:
+        app.extensions["gateway"].close()
