@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from . import web
     from .config import load_settings
     from .connectors import build_connector
-    from .views import frames, ops, qido, rendered, wado
+    from .views import frames, ops, qido, rendered, wado, wado_uri
 
     if settings is None:
         settings = load_settings()
@@ -96,5 +96,9 @@ def create_app(settings: Settings | None = None) -> Flask:
             url_prefix="/archives/<connector_id>/dicomweb",
             name=f"{blueprint.name}_archive",
         )
+    app.register_blueprint(wado_uri.bp, url_prefix="/wado")
+    app.register_blueprint(
+        wado_uri.bp, url_prefix="/archives/<connector_id>/wado", name="wado_uri_archive"
+    )
     atexit.register(gw.close)
     return app
