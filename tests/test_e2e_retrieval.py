@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pydicom
+import pydicom.encaps
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
@@ -77,6 +78,34 @@ def test_retrieve_instance_frames(gateway, archive):
     dtype = source.dtype.newbyteorder("<")
     for frame, number in zip(frames, (1, 8, 15), strict=True):
         assert frame == source[number - 1].astype(dtype).tobytes()
+
+
+EMRI = samples.sample_index()["emri_small.dcm"]  # enhanced MR, 10 frames
+US = samples.sample_index()["examples_ybr_color.dcm"]  # ultrasound, 30 frames, JPEG baseline
+
+
+@pytest.mark.parametrize("archive", ARCHIVES)
+def test_enhanced_mr_frames(gateway, archive):
+    frames = client(gateway, archive).retrieve_instance_frames(
+        EMRI["StudyInstanceUID"], EMRI["SeriesInstanceUID"], EMRI["SOPInstanceUID"],
+        frame_numbers=[10, 1], media_types=("application/octet-stream",))
+    source = pixels(EMRI)
+    dtype = source.dtype.newbyteorder("<")
+    assert frames == [source[9].astype(dtype).tobytes(), source[0].astype(dtype).tobytes()]
+
+
+# dcmqrscp cannot send a compressed object over C-MOVE (tests/harness/dcmqrscp.py)
+@pytest.mark.parametrize("archive", [a for a in ARCHIVES if a != "move-dcmqrscp"])
+def test_ultrasound_jpeg_frames_as_stored_and_decoded(gateway, archive):
+    web = client(gateway, archive)
+    uids = (US["StudyInstanceUID"], US["SeriesInstanceUID"], US["SOPInstanceUID"])
+    stored = web.retrieve_instance_frames(*uids, frame_numbers=[30], media_types=("image/jpeg",))
+    fragments = list(pydicom.encaps.generate_frames(pydicom.dcmread(US["path"]).PixelData,
+                                                    number_of_frames=30))
+    assert stored[0].rstrip(b"\x00") == fragments[29].rstrip(b"\x00")
+    decoded = web.retrieve_instance_frames(*uids, frame_numbers=[30],
+                                           media_types=("application/octet-stream",))
+    assert decoded[0] == pixels(US)[29].astype(np.uint8).tobytes()
 
 
 @pytest.mark.parametrize("archive", ARCHIVES)
