@@ -44,6 +44,24 @@ class SearchAnswer:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Retrieval:
+    """A multi-object retrieval ready to stream: `partial` when the connector reported missing
+    objects before the response had to start (PS3.18 8.7: 206 with a Warning)."""
+
+    parts: Iterator[Part10]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.warnings)
+
+
+#: How much of a multi-object retrieval is read before the response starts, so that a
+#: retrieval that fails part-way within it is a 206 with a Warning, not a cut stream.
+LOOKAHEAD_BYTES = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Backend:
     connector: Connector
@@ -51,8 +69,11 @@ class Backend:
 
 
 class Engine:
-    def __init__(self, backends: Sequence[Backend], max_workers: int = 32) -> None:
+    def __init__(
+        self, backends: Sequence[Backend], max_workers: int = 32, lookahead: int = LOOKAHEAD_BYTES
+    ) -> None:
         self.backends = {b.settings.id: b for b in backends}
+        self.lookahead = lookahead
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fanout")
 
     def close(self) -> None:
@@ -167,6 +188,40 @@ class Engine:
             stream.close()
             raise
         return _chain(cid, first, stream, transfer_syntax)
+
+    def retrieve_study_series_instance(
+        self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str
+    ) -> Retrieval:
+        """WADO-RS Retrieve Study / Series / Instance: the stream, read ahead up to
+        `lookahead` bytes (memory stays bounded). A failure inside the look-ahead, after at
+        least one object, makes a partial answer (206 + Warning); one after it cuts the
+        stream without its close delimiter, so the client sees it is incomplete."""
+        stream = self.retrieve_instances(ref, ids, transfer_syntax)
+        ahead: list[Part10] = []
+        size = 0
+        try:
+            while size <= self.lookahead:
+                part = next(stream, None)
+                if part is None:
+                    return Retrieval(iter(ahead))
+                ahead.append(part)
+                size += len(part.data)
+        except ConnectorError as exc:
+            stream.close()
+            if not ahead:
+                raise
+            log.warning("partial retrieval from connector %s", exc.connector)
+            return Retrieval(iter(ahead), [f"connector {exc.connector}: {exc.message}"])
+        return Retrieval(_resume(ahead, stream))
+
+
+def _resume(ahead: list[Part10], rest: Generator[Part10, None, None]) -> Iterator[Part10]:
+    try:
+        yield from ahead
+        ahead.clear()
+        yield from rest
+    finally:
+        rest.close()
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@
     +-- NotAcceptable              406, no acceptable media type or transfer syntax
     +-- ConnectorError             502, a backend failed (names the connector)
     |   +-- ConnectorTimeout       504, a backend did not answer in time
+    |   +-- PartialRetrieval       raised after the objects a retrieval did get (206 + Warning)
     +-- AllConnectorsFailed        502 or 504, every connector asked failed
 
 Connectors map their library's exceptions to `ConnectorError` / `ConnectorTimeout` at their
@@ -64,6 +65,11 @@ class ConnectorError(GatewayError):
 
 class ConnectorTimeout(ConnectorError):
     status = 504
+
+
+class PartialRetrieval(ConnectorError):
+    """A retrieval got some of the objects under the reference but not all (for a C-GET or
+    C-MOVE, failed sub-operations). Raised after the objects received."""
 
 
 class AllConnectorsFailed(GatewayError):

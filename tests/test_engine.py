@@ -229,3 +229,37 @@ def test_search_answers_carry_no_bulk_data_uris():
         parse_search(Level.STUDY, [("includefield", "all")]), ["a"], BASE
     )
     assert "00091010" not in answer.datasets[0]
+
+
+def test_a_failure_inside_the_look_ahead_gives_a_partial_retrieval():
+    from gateway.errors import PartialRetrieval
+
+    class Partial(ListConnector):
+        def retrieve_instances(self, ref, ts):
+            yield Part10(b"one", "1.2.840.10008.1.2.1", "1.2.3.1")
+            yield Part10(b"two", "1.2.840.10008.1.2.1", "1.2.3.2")
+            raise PartialRetrieval("C-GET: 2 of 3 instances retrieved", self.id)
+
+    got = engine(Partial("a", [study("1.1")])).retrieve_study_series_instance(
+        ResourceRef("1.1"), ["a"], "*"
+    )
+    assert [p.data for p in got.parts] == [b"one", b"two"]
+    assert got.partial and got.warnings == ["connector a: C-GET: 2 of 3 instances retrieved"]
+
+
+def test_past_the_look_ahead_the_stream_is_cut_instead():
+    class Failing(ListConnector):
+        def retrieve_instances(self, ref, ts):
+            yield Part10(b"x" * 10, "1.2.840.10008.1.2.1", "1.2.3.1")
+            yield Part10(b"y" * 10, "1.2.840.10008.1.2.1", "1.2.3.2")
+            raise ConnectorError("association aborted", self.id)
+
+    eng = engine(Failing("a", [study("1.1")]))
+    eng.lookahead = 5
+    got = eng.retrieve_study_series_instance(ResourceRef("1.1"), ["a"], "*")
+    assert not got.partial
+    parts = got.parts
+    assert next(parts).data == b"x" * 10
+    assert next(parts).data == b"y" * 10
+    with pytest.raises(ConnectorError):
+        next(parts)

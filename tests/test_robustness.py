@@ -88,10 +88,15 @@ def demo_config(directory: Path) -> dict[str, Any]:
     return yaml.safe_load(text)  # type: ignore[no-any-return]
 
 
-def build(connectors: dict[str, Any], **gateway: Any) -> Flask:
-    return create_app(
+def build(connectors: dict[str, Any], lookahead: int | None = None, **gateway: Any) -> Flask:
+    """An app over `connectors`; `lookahead=0` makes retrievals stream at once, so that a
+    backend failing mid-way cuts the stream (instead of a 206 within the look-ahead)."""
+    app = create_app(
         load_settings_from_dict({"gateway": gateway, "connector": {"config": connectors}})
     )
+    if lookahead is not None:
+        app.extensions["gateway"].engine.lookahead = lookahead
+    return app
 
 
 def web_connector(
@@ -694,7 +699,9 @@ def test_an_upstream_dying_mid_multipart_breaks_the_stream_only() -> None:
     url_of = "/dicomweb/studies/" + CT["StudyInstanceUID"]
     with (
         fakes.FakeServer({"/studies": upstream}) as up,
-        ServedApp(build({"up": web_connector(up.url, {"read": 5, "request": 10})})) as gw,
+        ServedApp(
+            build({"up": web_connector(up.url, {"read": 5, "request": 10})}, lookahead=0)
+        ) as gw,
     ):
         response = requests.get(
             gw.url + url_of, headers={"Accept": AS_STORED}, stream=True, timeout=(3, 15)
@@ -720,7 +727,9 @@ def test_every_part_sent_before_a_break_is_delimited() -> None:
     )
     with (
         fakes.FakeServer({"/studies": upstream}) as up,
-        ServedApp(build({"up": web_connector(up.url, {"read": 5, "request": 10})})) as gw,
+        ServedApp(
+            build({"up": web_connector(up.url, {"read": 5, "request": 10})}, lookahead=0)
+        ) as gw,
     ):
         response = requests.get(
             f"{gw.url}/dicomweb/studies/{CT['StudyInstanceUID']}",
@@ -731,6 +740,43 @@ def test_every_part_sent_before_a_break_is_delimited() -> None:
         body, broken = read_stream(response)
     got, _ = split_multipart(body, boundary_of(response.headers["Content-Type"]))
     assert broken and got == parts[:2]  # both parts the upstream completed
+
+
+def test_an_upstream_dying_within_the_look_ahead_is_a_206_with_a_warning() -> None:
+    parts = [CT["path"].read_bytes(), MR["path"].read_bytes(), RTDOSE["path"].read_bytes()]
+    upstream = Upstream(
+        [uids_json(CT["StudyInstanceUID"], CT["SeriesInstanceUID"], CT["SOPInstanceUID"])],
+        dies_after(parts, 2),
+    )
+    with (
+        fakes.FakeServer({"/studies": upstream}) as up,
+        ServedApp(build({"up": web_connector(up.url, {"read": 5, "request": 10})})) as gw,
+    ):
+        response = requests.get(
+            f"{gw.url}/dicomweb/studies/{CT['StudyInstanceUID']}",
+            headers={"Accept": AS_STORED},
+            timeout=(3, 15),
+        )
+    got, closed = split_multipart(response.content, boundary_of(response.headers["Content-Type"]))
+    assert response.status_code == 206  # PS3.18 8.7: some requested instances are missing
+    assert closed and got == parts[:2]
+    assert response.headers["Warning"].startswith('299 gateway "connector up:')
+
+
+def test_a_c_get_with_failed_sub_operations_is_a_206_with_a_warning(series_scp: FakeScp) -> None:
+    first = series_scp.datasets[0]
+    path = f"/dicomweb/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
+    series_scp.abort_after = 2
+    with ServedApp(
+        build({"pacs": dimse_connector(series_scp.port, timeouts=FAST | {"request": 20})})
+    ) as gw:
+        response = requests.get(gw.url + path, headers={"Accept": AS_STORED}, timeout=(3, 20))
+    got, closed = split_multipart(response.content, boundary_of(response.headers["Content-Type"]))
+    assert response.status_code == 206 and closed
+    assert set(sops_of(got)) <= {str(ds.SOPInstanceUID) for ds in series_scp.datasets[:2]}
+    assert 1 <= len(got) <= 2
+    assert response.headers["Warning"].startswith('299 gateway "connector pacs:')
+    series_scp.abort_after = None
 
 
 @pytest.mark.parametrize(
@@ -785,7 +831,10 @@ def test_a_pacs_aborting_mid_c_get_breaks_the_stream_only(series_scp: FakeScp) -
     expected = sorted(str(ds.SOPInstanceUID) for ds in series_scp.datasets)
     series_scp.abort_after = 2
     with ServedApp(
-        build({"pacs": dimse_connector(series_scp.port, timeouts=FAST | {"request": 20})})
+        build(
+            {"pacs": dimse_connector(series_scp.port, timeouts=FAST | {"request": 20})},
+            lookahead=0,
+        )
     ) as gw:
         response = requests.get(
             gw.url + path, headers={"Accept": AS_STORED}, stream=True, timeout=(3, 20)

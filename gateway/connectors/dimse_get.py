@@ -33,7 +33,7 @@ from pynetdicom import build_context, build_role, evt
 from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
 from pynetdicom.status import code_to_category
 
-from ..errors import ConnectorError, NotAcceptable
+from ..errors import ConnectorError, NotAcceptable, PartialRetrieval
 from .base import Part10
 from .dimse_assoc import Link, Session, status_text
 
@@ -58,7 +58,7 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 ALL_STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
 
 
-class RetrieveIncomplete(ConnectorError):
+class RetrieveIncomplete(PartialRetrieval):
     """Raised after the objects received when some instances under the reference were not."""
 
     def __init__(

@@ -11,7 +11,7 @@ from ..connectors.base import Part10, ResourceRef
 from ..multipart import encode, new_boundary
 from ..negotiation import negotiate_bulk, negotiate_instances, negotiate_json
 from ..query import check_uid
-from ..web import connector_ids, dicomweb_base, gateway, json_response
+from ..web import connector_ids, dicomweb_base, gateway, json_response, warning_values
 
 bp = Blueprint("wado", __name__)
 
@@ -39,10 +39,16 @@ def retrieve(
     """Retrieve Study / Series / Instance: multipart/related; type="application/dicom"."""
     transfer_syntax = negotiate_instances(request.headers.get("Accept"))
     ref = _ref(study, series, instance)
-    stream = gateway().engine.retrieve_instances(ref, connector_ids(connector_id), transfer_syntax)
+    engine = gateway().engine
+    got = engine.retrieve_study_series_instance(ref, connector_ids(connector_id), transfer_syntax)
     boundary = new_boundary()
     content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return Response(encode(_parts(stream), boundary), content_type=content_type)
+    response = Response(encode(_parts(got.parts), boundary), content_type=content_type)
+    if got.partial:
+        response.status_code = 206  # PS3.18 8.7: some of the requested instances are missing
+        for value in warning_values(got.warnings):
+            response.headers.add("Warning", value)
+    return response
 
 
 def metadata(
