@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pydicom
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 log = logging.getLogger("gateway.demo")
 
-#: CT, MR, multi-frame (RT dose, ultrasound, enhanced MR), compressed (JPEG baseline and
-#: lossless, RLE, JPEG 2000) and a segmentation.
+#: CT, MR, multi-frame (RT dose, ultrasound of 30 and 120 frames, enhanced MR), compressed
+#: (JPEG baseline and lossless, RLE, JPEG 2000) and a segmentation. A file whose SOP Instance
+#: UID an earlier one already has is given UIDs of its own (`distinct_uids`).
 SAMPLE_NAMES = (
     "CT_small.dcm",
     "MR_small.dcm",
@@ -32,6 +34,7 @@ SAMPLE_NAMES = (
     "SC_rgb_jpeg_dcmtk.dcm",
     "liver.dcm",
     "693_J2KI.dcm",
+    "color3d_jpeg_baseline.dcm",  # 120 frames; shares its UIDs with examples_ybr_color.dcm
 )
 
 SCHEMA = """
@@ -57,6 +60,15 @@ def sample_paths() -> Iterator[Path]:
             log.warning("demo sample %s is not installed (pip install pydicom-data)", name)
             continue
         yield Path(str(path))
+
+
+def distinct_uids(ds: pydicom.Dataset, name: str) -> None:
+    """New Study, Series and SOP Instance UIDs for a sample that shares its UIDs with another
+    (color3d_jpeg_baseline.dcm is the 120-frame version of examples_ybr_color.dcm), derived
+    from the file name and the old UIDs so that every build gives the same ones."""
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        setattr(ds, keyword, generate_uid(entropy_srcs=[name, str(ds.get(keyword, ""))]))
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
 def ensure_demo_archive(directory: str) -> None:
@@ -87,10 +99,15 @@ def _build(root: Path, index: Path) -> None:
 
 def _add(db: sqlite3.Connection, source: Path, files: Path) -> int:
     ds = pydicom.dcmread(source, stop_before_pixels=True)
-    if db.execute("SELECT 1 FROM instance WHERE sop_iuid = ?", (ds.SOPInstanceUID,)).fetchone():
-        return 0
-    name = f"{ds.SOPInstanceUID}.dcm"
-    shutil.copyfile(source, files / name)
+    taken = "SELECT 1 FROM instance WHERE sop_iuid = ?"
+    if db.execute(taken, (ds.SOPInstanceUID,)).fetchone():
+        ds = pydicom.dcmread(source)
+        distinct_uids(ds, source.name)
+        name = f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(files / name, enforce_file_format=True)
+    else:
+        name = f"{ds.SOPInstanceUID}.dcm"
+        shutil.copyfile(source, files / name)
     patient = _row(
         db,
         "patient",

@@ -108,6 +108,19 @@ def test_ultrasound_jpeg_frames_as_stored_and_decoded(gateway, archive):
     assert decoded[0] == pixels(US)[29].astype(np.uint8).tobytes()
 
 
+US120 = samples.sample_index()["color3d_jpeg_baseline.dcm"]  # ultrasound, 120 frames, JPEG
+
+
+@pytest.mark.parametrize("archive", [a for a in ARCHIVES if a != "move-dcmqrscp"])
+def test_a_120_frame_ultrasound(gateway, archive):
+    web = client(gateway, archive)
+    uids = (US120["StudyInstanceUID"], US120["SeriesInstanceUID"], US120["SOPInstanceUID"])
+    fragments = list(pydicom.encaps.generate_frames(pydicom.dcmread(US120["path"]).PixelData,
+                                                    number_of_frames=120))
+    got = web.retrieve_instance_frames(*uids, frame_numbers=[1, 60, 120], media_types=("image/jpeg",))
+    assert [f.rstrip(b"\x00") for f in got] == [fragments[i].rstrip(b"\x00") for i in (0, 59, 119)]
+
+
 @pytest.mark.parametrize("archive", ARCHIVES)
 def test_retrieve_bulkdata_from_metadata(gateway, archive):
     web = client(gateway, archive)

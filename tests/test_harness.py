@@ -26,7 +26,7 @@ def _study_uids(answer: list[dict[str, dict[str, list[str]]]]) -> list[str]:
 
 def test_samples_are_distinct_instances() -> None:
     sops = [info["SOPInstanceUID"] for info in sample_index().values()]
-    assert len(set(sops)) == len(SAMPLE_NAMES) == 10
+    assert len(set(sops)) == len(SAMPLE_NAMES) == 11
     assert sample_index()["rtdose.dcm"]["NumberOfFrames"] == 15
     assert sample_index()["693_J2KI.dcm"]["TransferSyntaxUID"] == "1.2.840.10008.1.2.4.91"
 

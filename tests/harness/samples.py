@@ -7,6 +7,8 @@ the code under test or from a backend.
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 from pathlib import Path
 from typing import TypedDict
 
@@ -14,6 +16,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 
 from gateway.demo import SAMPLE_NAMES as DEMO_SAMPLES
+from gateway.demo import distinct_uids
 
 # The demo archive's sample set (CT, MR, multi-frame RT dose / ultrasound / enhanced MR, JPEG
 # baseline and lossless, RLE, JPEG 2000, a segmentation): the tests use the same real files.
@@ -53,7 +56,27 @@ def _path_of(name: str) -> Path:
         raise FileNotFoundError(
             f"sample {name} not found by pydicom.data.get_testdata_file: pip install pydicom-data"
         )
-    return Path(str(found)).resolve()
+    path = Path(str(found)).resolve()
+    return _with_own_uids(path) if name in SHARED_UIDS else path
+
+
+#: Samples that share their UIDs with an earlier one: served with UIDs of their own, made the
+#: way the demo archive makes them (gateway.demo.distinct_uids).
+SHARED_UIDS = ("color3d_jpeg_baseline.dcm",)
+
+
+def _with_own_uids(path: Path) -> Path:
+    """A copy of `path` with distinct UIDs, written once per machine (atomically) and reused."""
+    folder = Path(tempfile.gettempdir()) / "gateway-test-samples"
+    folder.mkdir(exist_ok=True)
+    target = folder / path.name
+    if not target.exists():
+        ds = pydicom.dcmread(path)
+        distinct_uids(ds, path.name)
+        partial = folder / f"{path.name}.{os.getpid()}.partial"
+        ds.save_as(partial, enforce_file_format=True)
+        partial.replace(target)
+    return target
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:

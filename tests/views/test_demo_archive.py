@@ -103,7 +103,7 @@ def test_keyword_and_tag_give_the_same_answer(client):
         ("PatientName=compressedsamples*&fuzzymatching=true", ["1CT1", "4MR1"]),
         ("PatientName=CompressedSamples^?T1", ["1CT1"]),
         ("StudyDate=20040101-20041231", ["1CT1", "4MR1"]),
-        ("StudyDate=20160101-", ["", "ID1", "204"]),
+        ("StudyDate=20160101-", ["", "ID1", "204", "204"]),  # 30- and 120-frame US studies
         ("StudyDate=-20030805", ["", "99000", "id11111"]),  # not 693_J2KI: no StudyDate
         ("StudyDate=20030805", ["id11111"]),
         (f"StudyInstanceUID={CT['StudyInstanceUID']},{RTDOSE['StudyInstanceUID']}", ["1CT1", "id11111"]),
