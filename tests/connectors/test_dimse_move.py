@@ -185,7 +185,9 @@ def test_real_move_of_each_series_returns_the_stored_objects(
     kind, port, aet = pacs
     conn = move_connector(port, aet, real_scp)
     pairs = movable(kind)
-    assert len(pairs) == (9 if kind == "orthanc" else 5)
+    every = {(i["StudyInstanceUID"], i["SeriesInstanceUID"]) for i in truth.sample_index().values()}
+    # Orthanc sends every series; dcmqrscp those whose samples are all uncompressed (5 of them)
+    assert len(pairs) == (len(every) if kind == "orthanc" else 5)
     for study, series in pairs:
         parts = list(conn.retrieve_instances(ResourceRef(study, series), "*"))
         assert sops(parts) == truth.instances_of(series)
