@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from .connectors.base import ResourceRef
 from .errors import BadRequest, GatewayError, NotFound
+from .query import check_uid
 
 if TYPE_CHECKING:
     from . import Gateway
@@ -27,6 +29,17 @@ _HOST = re.compile(r"^([A-Za-z0-9._~-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,
 
 def gateway() -> Gateway:
     return current_app.extensions["gateway"]  # type: ignore[no-any-return]
+
+
+def resource_ref(study: str, series: str | None = None, instance: str | None = None) -> ResourceRef:
+    """The study, series or instance a WADO-RS path names, its UIDs checked (a 400 naming the
+    one that is not a UID) before they reach a connector."""
+    check_uid(study, "StudyInstanceUID")
+    if series is not None:
+        check_uid(series, "SeriesInstanceUID")
+    if instance is not None:
+        check_uid(instance, "SOPInstanceUID")
+    return ResourceRef(study, series, instance)
 
 
 def connector_ids(connector_id: str | None) -> list[str]:

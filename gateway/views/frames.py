@@ -8,11 +8,9 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, request
 
 from .. import frames as pixel_frames
-from ..connectors.base import ResourceRef
 from ..multipart import encode, new_boundary
 from ..negotiation import FrameChoice, choose_frames, frame_ranges
-from ..query import check_uid
-from ..web import connector_ids, gateway
+from ..web import connector_ids, gateway, resource_ref
 
 bp = Blueprint("frames", __name__)
 
@@ -23,9 +21,7 @@ def retrieve_frames(
     """GET {root}/studies/{s}/series/{se}/instances/{i}/frames/{list}."""
     numbers = pixel_frames.parse_frame_list(frame_list)
     ranges = frame_ranges(request.headers.get("Accept"), len(numbers))
-    for uid, name in ((study, "Study"), (series, "Series"), (instance, "SOP")):
-        check_uid(uid, f"{name}InstanceUID")
-    ref = ResourceRef(study, series, instance)
+    ref = resource_ref(study, series, instance)
     stream = gateway().engine.retrieve_instances(ref, connector_ids(connector_id), "*")
     try:
         image = pixel_frames.open_image(next(stream).data)

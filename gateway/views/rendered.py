@@ -9,19 +9,9 @@ from flask import Blueprint, Response, request
 
 from .. import rendering
 from ..connectors.base import ResourceRef
-from ..query import check_uid
-from ..web import connector_ids, gateway, warning_values
+from ..web import connector_ids, gateway, resource_ref, warning_values
 
 bp = Blueprint("rendered", __name__)
-
-
-def _ref(study: str, series: str | None, instance: str | None) -> ResourceRef:
-    check_uid(study, "StudyInstanceUID")
-    if series is not None:
-        check_uid(series, "SeriesInstanceUID")
-    if instance is not None:
-        check_uid(instance, "SOPInstanceUID")
-    return ResourceRef(study, series, instance)
 
 
 def _render(
@@ -45,7 +35,7 @@ def retrieve_rendered(
     media_type = rendering.negotiate(request.headers.get("Accept"), request.args.get("accept"))
     params = rendering.parse_params(request.args.to_dict(), media_type, thumbnail)
     frame = rendering.parse_frame(frames)
-    image = _render(_ref(study, series, instance), connector_id, frame, params)
+    image = _render(resource_ref(study, series, instance), connector_id, frame, params)
     response = Response(image, content_type=media_type)
     ignored = [f"parameter {name} is not supported and was ignored" for name in params.ignored]
     for value in warning_values(ignored):

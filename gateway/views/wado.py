@@ -7,22 +7,12 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, request
 
 from .. import bulk
-from ..connectors.base import Part10, ResourceRef
+from ..connectors.base import Part10
 from ..multipart import encode, new_boundary
 from ..negotiation import negotiate_bulk, negotiate_instances, negotiate_json
-from ..query import check_uid
-from ..web import connector_ids, dicomweb_base, gateway, json_response, warning_values
+from ..web import connector_ids, dicomweb_base, gateway, json_response, resource_ref, warning_values
 
 bp = Blueprint("wado", __name__)
-
-
-def _ref(study: str, series: str | None, instance: str | None) -> ResourceRef:
-    check_uid(study, "StudyInstanceUID")
-    if series is not None:
-        check_uid(series, "SeriesInstanceUID")
-    if instance is not None:
-        check_uid(instance, "SOPInstanceUID")
-    return ResourceRef(study, series, instance)
 
 
 def _parts(stream: Iterator[Part10]) -> Iterator[tuple[str, bytes]]:
@@ -38,7 +28,7 @@ def retrieve(
 ) -> Response:
     """Retrieve Study / Series / Instance: multipart/related; type="application/dicom"."""
     transfer_syntax = negotiate_instances(request.headers.get("Accept"))
-    ref = _ref(study, series, instance)
+    ref = resource_ref(study, series, instance)
     engine = gateway().engine
     got = engine.retrieve_study_series_instance(ref, connector_ids(connector_id), transfer_syntax)
     boundary = new_boundary()
@@ -59,7 +49,7 @@ def metadata(
 ) -> Response:
     """Retrieve Study / Series / Instance Metadata as DICOM JSON (PS3.18 10.4.1.1.2)."""
     mimetype = negotiate_json(request.headers.get("Accept"))
-    ref = _ref(study, series, instance)
+    ref = resource_ref(study, series, instance)
     ids = connector_ids(connector_id)
     datasets = gateway().engine.retrieve_metadata(ref, ids, dicomweb_base(connector_id))
     return json_response(datasets, mimetype)
@@ -71,7 +61,7 @@ def retrieve_bulkdata(
     """Retrieve Bulkdata (PS3.18 10.4.1.1.4): the value of a BulkDataURI the gateway emitted."""
     multipart = negotiate_bulk(request.headers.get("Accept"))
     tag_path = bulk.parse_path(path)
-    ref = _ref(study, series, instance)
+    ref = resource_ref(study, series, instance)
     stream = gateway().engine.retrieve_instances(ref, connector_ids(connector_id), "*")
     try:
         value, syntax = bulk.extract(next(stream).data, tag_path)

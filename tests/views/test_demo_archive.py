@@ -22,13 +22,6 @@ US = samples.sample_index()["examples_ybr_color.dcm"]
 ANY = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("demo")
-    text = (ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(directory))
-    app = create_app(load_settings_from_dict(yaml.safe_load(text)))
-    yield app.test_client()
-    app.extensions["gateway"].close()
 
 
 def values(answer, key):

@@ -8,13 +8,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pack_bits
 
-from gateway import create_app
-from gateway.config import load_settings_from_dict
-from gateway.views import frames
 from tests.harness import samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,18 +20,6 @@ AS_STORED = {"Accept": "multipart/related; type=application/octet-stream; transf
 EVRLE = "1.2.840.10008.1.2.1"
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("demo")
-    text = (ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(directory))
-    app = create_app(load_settings_from_dict(yaml.safe_load(text)))
-    if "frames" not in app.blueprints:  # until create_app registers it
-        app.register_blueprint(frames.bp, url_prefix="/dicomweb")
-        app.register_blueprint(
-            frames.bp, url_prefix="/archives/<connector_id>/dicomweb", name="frames_archive"
-        )
-    yield app.test_client()
-    app.extensions["gateway"].close()
 
 
 def url(name, frame_list, root="/dicomweb"):

@@ -10,12 +10,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import yaml
 from PIL import Image
 
-from gateway import create_app
-from gateway.config import load_settings_from_dict
-from gateway.views import rendered
 from tests.harness import samples
 from tests.test_rendering import full_range, linear, modality
 
@@ -26,17 +22,6 @@ US, SC_RLE = INDEX["examples_ybr_color.dcm"], INDEX["SC_rgb_rle.dcm"]
 PNG = {"Accept": "image/png"}
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("demo")
-    text = (ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(directory))
-    app = create_app(load_settings_from_dict(yaml.safe_load(text)))
-    if "rendered" not in app.blueprints:  # until create_app registers it
-        app.register_blueprint(rendered.bp, url_prefix="/dicomweb")
-        app.register_blueprint(rendered.bp, url_prefix="/archives/<connector_id>/dicomweb",
-                               name="rendered_archive")
-    yield app.test_client()
-    app.extensions["gateway"].close()
 
 
 def url(info, level="instance", root="/dicomweb"):

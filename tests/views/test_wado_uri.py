@@ -10,12 +10,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import yaml
 from PIL import Image
 
-from gateway import create_app
-from gateway.config import load_settings_from_dict
-from gateway.views import wado_uri
 from tests.harness import samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,17 +21,6 @@ US_JPEG = INDEX["examples_ybr_color.dcm"]  # JPEG baseline, YBR_FULL_422, 30 fra
 EVRLE = "1.2.840.10008.1.2.1"
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("demo")
-    text = (ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(directory))
-    app = create_app(load_settings_from_dict(yaml.safe_load(text)))
-    if "wado_uri" not in app.blueprints:  # until create_app registers it
-        app.register_blueprint(wado_uri.bp, url_prefix="/wado")
-        app.register_blueprint(wado_uri.bp, url_prefix="/archives/<connector_id>/wado",
-                               name="wado_uri_archive")
-    yield app.test_client()
-    app.extensions["gateway"].close()
 
 
 def wado(info, extra="", only_sop=False, root="/wado"):
