@@ -752,11 +752,6 @@ def _as_sent(datasets: list[Dataset]) -> list[tuple[str, str]]:
     return sorted((str(ds.SOPInstanceUID), str(ds.PatientName)) for ds in datasets)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Router.claim routes by Move Originator Message ID without checking the SOP "
-    "Instance UID is expected or the sender is the PACS: a stranger adds any object",
-)
 def test_a_forged_move_originator_cannot_add_an_object_to_another_retrieval() -> None:
     datasets = clone_series(CT["path"], 3)
     with moving(datasets, hold_after=1) as (fake, gw, port):
@@ -773,11 +768,6 @@ def test_a_forged_move_originator_cannot_add_an_object_to_another_retrieval() ->
 
 
 @pytest.mark.parametrize("originator", [("GATEWAY", 1), None], ids=["forged-id", "no-originator"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="the storage SCP takes the first copy of an expected instance from anyone: a "
-    "stranger's copy is delivered and the PACS's own is answered Success and dropped",
-)
 def test_a_stranger_cannot_replace_an_instance_a_retrieval_waits_for(
     originator: tuple[str, int] | None,
 ) -> None:

@@ -97,15 +97,21 @@ class Router:
             if self._subs.get(sub.message_id) is sub:
                 del self._subs[sub.message_id]
 
-    def claim(self, aet: str, msg_id: int | None, sop: str) -> tuple[Subscription | None, bool]:
-        """The subscription an object belongs to, and whether it is new to it."""
+    def claim(
+        self, aet: str, msg_id: int | None, sop: str, sender: str
+    ) -> tuple[Subscription | None, bool]:
+        """The subscription an object belongs to, and whether it is new to it. An object is
+        only ever taken by a retrieval that expects its SOP Instance UID and whose PACS is
+        the sender: a guessed Move Originator Message ID cannot put a stranger's object into
+        someone's response."""
+
+        def wants(s: Subscription) -> bool:
+            return sop in s.expected and sender in s.aets
+
         with self._lock:
             sub = self._subs.get(msg_id) if msg_id is not None else None
-            if sub is None or aet not in sub.aets:
-                sub = next(
-                    (s for s in self._subs.values() if sop in s.expected and sop not in s.seen),
-                    None,
-                )
+            if sub is None or aet not in sub.aets or not wants(sub):
+                sub = next((s for s in self._subs.values() if wants(s) and sop not in s.seen), None)
             if sub is None:
                 return None, False
             fresh = sop not in sub.seen
@@ -276,7 +282,8 @@ class StorageScp:
         aet = str(getattr(req, "MoveOriginatorApplicationEntityTitle", None) or "").strip()
         msg_id = getattr(req, "MoveOriginatorMessageID", None)
         sop = str(getattr(req, "AffectedSOPInstanceUID", None) or "")
-        sub, fresh = self.router.claim(aet, msg_id, sop)
+        sender = str(event.assoc.requestor.ae_title).strip()
+        sub, fresh = self.router.claim(aet, msg_id, sop, sender)
         if sub is None:
             log.warning(
                 "refused a C-STORE no retrieval asked for: from %s, SOP class %s, "
