@@ -60,6 +60,7 @@ class Retrieval:
 #: How much of a multi-object retrieval is read before the response starts, so that a
 #: retrieval that fails part-way within it is a 206 with a Warning, not a cut stream.
 LOOKAHEAD_BYTES = 8 * 1024 * 1024
+LOOKAHEAD_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -128,32 +129,32 @@ class Engine:
         results: list[tuple[str, SearchResult]] = []
         errors: list[ConnectorError] = []
         for cid, future in futures.items():
-            try:
-                left = max(0.0, deadlines[cid] - time.monotonic())
-                results.append((cid, future.result(timeout=left)))
-            except cf.TimeoutError:
-                future.cancel()
-                errors.append(ConnectorTimeout("search timed out", cid))
-            except ConnectorError as exc:
-                errors.append(exc)
-            except GatewayError:
-                raise
-            except Exception as exc:
-                log.exception("connector %s raised", cid)
-                errors.append(ConnectorError(f"internal error: {type(exc).__name__}", cid))
+            outcome = _outcome(cid, future, deadlines[cid])
+            if isinstance(outcome, ConnectorError):
+                errors.append(outcome)
+            else:
+                results.append((cid, outcome))
         return results, errors
 
     # -- retrieval ------------------------------------------------------------------------
 
     def locate(self, ref: ResourceRef, ids: Sequence[str]) -> str:
-        """The first connector (in order) that holds `ref`; NotFound when none does."""
+        """The first connector (in order) that holds `ref`; NotFound when none does. All are
+        asked at once, and the answer comes as soon as every connector ahead of the first one
+        holding `ref` has answered: a slow archive further down the list delays nothing."""
         query = _locate_query(ref)
-        results, errors = self._fan_out(
-            [i for i in ids if not (query.criteria & self.backends[i].settings.deactivated)], query
-        )
-        found = {cid for cid, result in results if result.datasets}
-        for cid in ids:
-            if cid in found:
+        asked = [i for i in ids if not (query.criteria & self.backends[i].settings.deactivated)]
+        start = time.monotonic()
+        futures = {i: self._pool.submit(self.backends[i].connector.search, query) for i in asked}
+        errors: list[ConnectorError] = []
+        for cid in asked:
+            deadline = start + self.backends[cid].settings.timeouts.request + 1.0
+            outcome = _outcome(cid, futures[cid], deadline)
+            if isinstance(outcome, ConnectorError):
+                errors.append(outcome)
+            elif outcome.datasets:
+                for other in futures.values():
+                    other.cancel()
                 return cid
         if errors:
             raise AllConnectorsFailed(errors) if len(errors) > 1 else errors[0]
@@ -193,14 +194,16 @@ class Engine:
         self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str
     ) -> Retrieval:
         """WADO-RS Retrieve Study / Series / Instance: the stream, read ahead up to
-        `lookahead` bytes (memory stays bounded). A failure inside the look-ahead, after at
+        `lookahead` bytes and LOOKAHEAD_SECONDS (memory and delay stay bounded). A failure inside the look-ahead, after at
         least one object, makes a partial answer (206 + Warning); one after it cuts the
         stream without its close delimiter, so the client sees it is incomplete."""
         stream = self.retrieve_instances(ref, ids, transfer_syntax)
         ahead: list[Part10] = []
         size = 0
+        # bounded in time too: a backend that trickles does not hold the response back
+        until = time.monotonic() + LOOKAHEAD_SECONDS
         try:
-            while size <= self.lookahead:
+            while size <= self.lookahead and time.monotonic() < until:
                 part = next(stream, None)
                 if part is None:
                     return Retrieval(iter(ahead))
@@ -222,6 +225,25 @@ def _resume(ahead: list[Part10], rest: Generator[Part10, None, None]) -> Iterato
         yield from rest
     finally:
         rest.close()
+
+
+def _outcome(
+    cid: str, future: cf.Future[SearchResult], deadline: float
+) -> SearchResult | ConnectorError:
+    """A connector's search answer, or the error that names it (a bug included: it must
+    not become a traceback)."""
+    try:
+        return future.result(timeout=max(0.0, deadline - time.monotonic()))
+    except cf.TimeoutError:
+        future.cancel()
+        return ConnectorTimeout("search timed out", cid)
+    except ConnectorError as exc:
+        return exc
+    except GatewayError:
+        raise
+    except Exception as exc:
+        log.exception("connector %s raised", cid)
+        return ConnectorError(f"internal error: {type(exc).__name__}", cid)
 
 
 @contextlib.contextmanager

@@ -115,11 +115,35 @@ def deliver(part: Part10, transfer_syntax: str) -> Part10:
         return part
     ds = _read(part)
     _check_possible(part.transfer_syntax, transfer_syntax, int(ds.get("BitsStored", 8) or 8))
+    _check_budget(ds)
     if "PixelData" in ds:
         _to_native_little_endian(ds, part.transfer_syntax)
         if can_encode(transfer_syntax):
             _compress(ds, transfer_syntax)
     return Part10(_write(ds, transfer_syntax), transfer_syntax, part.sop_instance_uid)
+
+
+#: The largest decoded Pixel Data re-encoded in memory; a larger object (or a decompression
+#: bomb: a small compressed object that claims gigabytes) is sent only as stored.
+MAX_DECODED_BYTES = 128 * 1024 * 1024
+
+
+def _check_budget(ds: pydicom.Dataset) -> None:
+    """Refuses (406) to re-encode an object whose decoded pixels exceed MAX_DECODED_BYTES,
+    from what its attributes declare, before anything is decoded."""
+    if "PixelData" not in ds:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        values = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+        size = values * frames * ((int(ds.get("BitsAllocated", 8) or 8) + 7) // 8)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise DamagedObject("an object the archive sent has invalid image attributes") from exc
+    if size > MAX_DECODED_BYTES or frames < 1:
+        raise NotAcceptable(
+            f"an instance would decode to {size // 2**20} MiB, more than the gateway re-encodes "
+            f"({MAX_DECODED_BYTES // 2**20} MiB); ask for transfer-syntax=* to receive it as stored"
+        )
 
 
 def _check_possible(source: str, target: str, bits_stored: int) -> None:

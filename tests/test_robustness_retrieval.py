@@ -601,18 +601,16 @@ def test_damaged_objects_leave_no_patient_data_in_logs(caplog: pytest.LogCapture
 
 BOMB_FRAMES, BOMB_SIDE = 24, 4096  # 24 frames of 16 MiB once decoded: 384 MiB
 MEMORY_BUDGET = 256 * 1024 * 1024  # far above one frame, far below the decoded object
-UNBOUNDED = "transcode.deliver decodes and re-writes the whole object in memory (3x its size)"
 
 
 @pytest.mark.parametrize(
     ("path", "accept"),
     [
-        pytest.param("/dicomweb/studies/{}/series/{}/instances/{}", "", marks=_bug(UNBOUNDED)),
+        pytest.param("/dicomweb/studies/{}/series/{}/instances/{}", ""),
         pytest.param(
             "/wado?requestType=WADO&studyUID={}&seriesUID={}&objectUID={}"
             f"&contentType=application/dicom&transferSyntax={EVRLE}",
             "",
-            marks=_bug(UNBOUNDED),
         ),
     ],
     ids=["wado-rs-default-accept", "wado-uri-explicit"],
@@ -671,11 +669,6 @@ def test_a_trickling_upstream_does_not_hold_the_response_start() -> None:
     assert part in body  # the first object, whole, before the second has come
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Engine.locate waits for every connector although the first in order already "
-    "holds the resource: a hanging secondary archive slows every retrieval to its time-out",
-)
 def test_a_hanging_secondary_archive_does_not_slow_retrieval_from_the_first(
     tmp_path: Path,
 ) -> None:
