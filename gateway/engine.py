@@ -13,9 +13,9 @@ import concurrent.futures as cf
 import contextlib
 import logging
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom.datadict import keyword_for_tag
 
@@ -33,6 +33,7 @@ from .query import MAX_OFFSET, SERIES_UID, SOP_UID, STUDY_UID, Level, Match, Sea
 from .settings import ConnectorSettings
 
 log = logging.getLogger("gateway.engine")
+T = TypeVar("T")
 
 _INSTANCE_AVAILABILITY = 0x00080056
 _RETRIEVE_URL = 0x00081190
@@ -177,6 +178,11 @@ class Engine:
         """A stream of Part 10 objects whose first item has already been pulled, so that a
         missing resource or a dead backend is an error response, not a broken stream. The
         connector sends objects as stored; `transcode.deliver` re-encodes them as asked."""
+        return self._open(ref, ids, transfer_syntax)[1]
+
+    def _open(
+        self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str
+    ) -> tuple[str, Generator[Part10, None, None]]:
         cid = self.locate(ref, ids)
         stream = self.backends[cid].connector.retrieve_instances(ref, "*")
         try:
@@ -188,7 +194,17 @@ class Engine:
         except GatewayError:
             stream.close()
             raise
-        return _chain(cid, first, stream, transfer_syntax)
+        return cid, _chain(cid, first, stream, transfer_syntax)
+
+    def retrieve_with(
+        self, ref: ResourceRef, ids: Sequence[str], use: Callable[[Iterator[Part10]], T]
+    ) -> T:
+        """`use` applied to the stream of objects as stored (frames, rendering, bulk data,
+        WADO-URI), inside the connector's guard: an object that turns out to be damaged is
+        a 502 naming the connector that sent it. The stream is closed afterwards."""
+        cid, stream = self._open(ref, ids, "*")
+        with contextlib.closing(stream), _guard(cid):
+            return use(stream)
 
     def retrieve_study_series_instance(
         self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str

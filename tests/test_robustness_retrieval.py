@@ -526,13 +526,13 @@ def _bug(reason: str) -> pytest.MarkDecorator:
 
 DAMAGED_CASES = [
     pytest.param("truncated-native", "frames", marks=_bug(NO_CONNECTOR)),
-    pytest.param("truncated-native", "rendered", marks=_bug(NO_CONNECTOR)),
-    pytest.param("truncated-native", "wado-default", marks=_bug(NO_CONNECTOR)),
+    pytest.param("truncated-native", "rendered"),
+    pytest.param("truncated-native", "wado-default"),
     pytest.param(
         "truncated-native", "bulk", marks=_bug("bulk.extract returns the short value: a 200")
     ),
     pytest.param("truncated-native", "retrieve-implicit"),
-    pytest.param("truncated-jpeg", "frames", marks=_bug(NO_CONNECTOR)),
+    pytest.param("truncated-jpeg", "frames"),
     pytest.param(
         "truncated-jpeg",
         "retrieve-default",
@@ -550,13 +550,13 @@ DAMAGED_CASES = [
         marks=_bug("read as an empty data set: a 400 blaming the client"),
     ),
     pytest.param("truncated-jpeg", "bulk", marks=_bug("read as an empty data set: a 404")),
-    pytest.param("frames-abc", "frames", marks=_bug("int(NumberOfFrames) unguarded: a 500")),
-    pytest.param("frames-abc", "rendered", marks=_bug(NO_CONNECTOR)),
+    pytest.param("frames-abc", "frames"),
+    pytest.param("frames-abc", "rendered"),
     pytest.param("frames-abc", "retrieve-implicit"),
     pytest.param(
         "frames-negative", "frames", marks=_bug("NumberOfFrames -5: a 400 blaming the client")
     ),
-    pytest.param("palette-without-lut", "rendered", marks=_bug("apply_color_lut unguarded: a 500")),
+    pytest.param("palette-without-lut", "rendered"),
     *(pytest.param("not-dicom", resource) for resource in RESOURCES),
 ]
 

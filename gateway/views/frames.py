@@ -22,11 +22,9 @@ def retrieve_frames(
     numbers = pixel_frames.parse_frame_list(frame_list)
     ranges = frame_ranges(request.headers.get("Accept"), len(numbers))
     ref = resource_ref(study, series, instance)
-    stream = gateway().engine.retrieve_instances(ref, connector_ids(connector_id), "*")
-    try:
-        image = pixel_frames.open_image(next(stream).data)
-    finally:
-        stream.close()
+    image = gateway().engine.retrieve_with(
+        ref, connector_ids(connector_id), lambda s: pixel_frames.open_image(next(s).data)
+    )
     choice = choose_frames(ranges, image.transfer_syntax, image.can_decode)
     return _respond(choice, pixel_frames.frames(image, numbers, choice.decode))
 

@@ -3,8 +3,6 @@ level. The pipeline and its choices are in `gateway.rendering`."""
 
 from __future__ import annotations
 
-import contextlib
-
 from flask import Blueprint, Response, request
 
 from .. import rendering
@@ -18,9 +16,11 @@ def _render(
     ref: ResourceRef, connector_id: str | None, frame: int, params: rendering.RenderParams
 ) -> bytes:
     """Renders the first image the archive sends for `ref`; the stream is closed after it."""
-    stream = gateway().engine.retrieve_instances(ref, connector_ids(connector_id), "*")
-    with contextlib.closing(stream):
-        return rendering.render_first((part.data for part in stream), frame, params)
+    return gateway().engine.retrieve_with(
+        ref,
+        connector_ids(connector_id),
+        lambda stream: rendering.render_first((part.data for part in stream), frame, params),
+    )
 
 
 def retrieve_rendered(

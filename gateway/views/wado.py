@@ -62,11 +62,9 @@ def retrieve_bulkdata(
     multipart = negotiate_bulk(request.headers.get("Accept"))
     tag_path = bulk.parse_path(path)
     ref = resource_ref(study, series, instance)
-    stream = gateway().engine.retrieve_instances(ref, connector_ids(connector_id), "*")
-    try:
-        value, syntax = bulk.extract(next(stream).data, tag_path)
-    finally:
-        stream.close()
+    value, syntax = gateway().engine.retrieve_with(
+        ref, connector_ids(connector_id), lambda s: bulk.extract(next(s).data, tag_path)
+    )
     content_type = f"application/octet-stream; transfer-syntax={syntax}"
     if not multipart:
         return Response(value, content_type="application/octet-stream")

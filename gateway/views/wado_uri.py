@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 from flask import Blueprint, Response, request
 
 from .. import wado_uri
-from ..connectors.base import Part10, ResourceRef
+from ..connectors.base import ResourceRef
 from ..dicomjson import first
 from ..errors import AllConnectorsFailed, ConnectorError, NotFound
 from ..query import SERIES_UID, STUDY_UID, Level, parse_search
@@ -23,18 +22,13 @@ def retrieve(connector_id: str | None = None) -> Response:
     """Retrieve DICOM Instance (PS3.18 9.4) or Retrieve Rendered Instance (9.5)."""
     wado = wado_uri.parse(request.args.items(multi=True))
     ids = connector_ids(connector_id)
-    out = wado_uri.represent(_fetch(_ref(wado, ids), ids), wado)
+    out = gateway().engine.retrieve_with(
+        _ref(wado, ids), ids, lambda stream: wado_uri.represent(next(stream), wado)
+    )
     response = Response(out.body, content_type=out.media_type)
     for value in warning_values(out.warnings):
         response.headers.add("Warning", value)
     return response
-
-
-def _fetch(ref: ResourceRef, ids: Sequence[str]) -> Part10:
-    """The instance as stored; the stream is closed after its one object."""
-    stream = gateway().engine.retrieve_instances(ref, ids, "*")
-    with contextlib.closing(stream):
-        return next(stream)
 
 
 def _ref(wado: wado_uri.WadoRequest, ids: Sequence[str]) -> ResourceRef:
