@@ -173,7 +173,7 @@ class Engine:
         return valid
 
     def retrieve_instances(
-        self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str
+        self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str | Sequence[str]
     ) -> Generator[Part10, None, None]:
         """A stream of Part 10 objects whose first item has already been pulled, so that a
         missing resource or a dead backend is an error response, not a broken stream. The
@@ -181,7 +181,7 @@ class Engine:
         return self._open(ref, ids, transfer_syntax)[1]
 
     def _open(
-        self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str
+        self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str | Sequence[str]
     ) -> tuple[str, Generator[Part10, None, None]]:
         cid = self.locate(ref, ids)
         stream = self.backends[cid].connector.retrieve_instances(ref, "*")
@@ -207,7 +207,7 @@ class Engine:
             return use(stream)
 
     def retrieve_study_series_instance(
-        self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str
+        self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str | Sequence[str]
     ) -> Retrieval:
         """WADO-RS Retrieve Study / Series / Instance: the stream, read ahead up to
         `lookahead` bytes and LOOKAHEAD_SECONDS (memory and delay stay bounded). A failure inside the look-ahead, after at
@@ -278,7 +278,10 @@ def _guard(cid: str) -> Iterator[None]:
 
 
 def _chain(
-    cid: str, first: Part10, rest: Generator[Part10, None, None], transfer_syntax: str
+    cid: str,
+    first: Part10,
+    rest: Generator[Part10, None, None],
+    transfer_syntax: str | Sequence[str],
 ) -> Generator[Part10, None, None]:
     try:
         yield first

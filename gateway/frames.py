@@ -90,11 +90,23 @@ def open_image(data: bytes) -> Image:
     for tag, fixed in _PIXEL_ELEMENTS:
         if tag in ds and "Rows" in ds and "Columns" in ds:
             bits = fixed or int(ds.get("BitsAllocated", 0) or 0)
-            count = int(ds.get("NumberOfFrames", 1) or 1)
+            count = _frame_count(ds)
             if syntax.startswith(_VIDEO_PREFIX):
                 raise BadRequest("frames of a video are not served one by one", parameter="frames")
             return Image(ds, tag, syntax, bits, count)
     raise BadRequest("the instance has no pixel data, hence no frames", parameter="frames")
+
+
+def _frame_count(ds: pydicom.Dataset) -> int:
+    """NumberOfFrames (IS, 1 when absent); a value that is no positive integer is damage in
+    the object, not a fault of the request."""
+    try:
+        count = int(str(ds.get("NumberOfFrames", 1) or 1).strip())
+    except ValueError as exc:
+        raise DamagedObject("the object's NumberOfFrames is not a number") from exc
+    if count < 1:
+        raise DamagedObject("the object's NumberOfFrames is not a positive number")
+    return count
 
 
 def _syntax_of(ds: pydicom.Dataset) -> str:

@@ -89,15 +89,18 @@ def negotiate_json(header: str | None) -> str:
     raise NotAcceptable("acceptable media types are application/dicom+json and application/json")
 
 
-def negotiate_instances(header: str | None) -> str:
-    """WADO-RS study/series/instance retrieval (PS3.18 8.7.3.5): returns the transfer syntax to
-    send, `*` for "as stored". Without one, Explicit VR Little Endian (PS3.18 Table 8.7.3-2)."""
+def negotiate_instances(header: str | None) -> tuple[str, ...]:
+    """WADO-RS study/series/instance retrieval (PS3.18 8.7.3.5): the transfer syntaxes the
+    client accepts, most preferred first (`*` for "as stored"); each object is sent in the
+    first one the gateway can produce for it. A range without one means Explicit VR Little
+    Endian (PS3.18 Table 8.7.3-2)."""
     if not (header or "").strip():
-        return EXPLICIT_VR_LITTLE_ENDIAN
-    ranges = parse_accept(header)
-    for r in ranges:
+        return (EXPLICIT_VR_LITTLE_ENDIAN,)
+    syntaxes: list[str] = []
+    for r in parse_accept(header):
         if r.mimetype in ("*/*", "multipart/*"):
-            return EXPLICIT_VR_LITTLE_ENDIAN
+            syntaxes.append(EXPLICIT_VR_LITTLE_ENDIAN)
+            continue
         if r.mimetype != "multipart/related":
             continue
         part_type = (r.param("type") or "application/dicom").lower()
@@ -105,10 +108,12 @@ def negotiate_instances(header: str | None) -> str:
             continue
         syntax = r.param("transfer-syntax")
         if syntax is None:
-            return EXPLICIT_VR_LITTLE_ENDIAN
-        if syntax == "*" or is_uid(syntax):
-            return syntax
-    raise NotAcceptable('instances are served as multipart/related; type="application/dicom"')
+            syntaxes.append(EXPLICIT_VR_LITTLE_ENDIAN)
+        elif syntax == "*" or is_uid(syntax):
+            syntaxes.append(syntax)
+    if not syntaxes:
+        raise NotAcceptable('instances are served as multipart/related; type="application/dicom"')
+    return tuple(dict.fromkeys(syntaxes))
 
 
 def negotiate_bulk(header: str | None) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -109,7 +109,20 @@ def can_encode(transfer_syntax: str) -> bool:
         return False
 
 
-def deliver(part: Part10, transfer_syntax: str) -> Part10:
+def deliver(part: Part10, transfer_syntax: str | Sequence[str]) -> Part10:
+    """`part` in the first of the acceptable syntaxes (most preferred first) that it is in or
+    can be re-encoded to; NotAcceptable when none can be produced."""
+    choices = (transfer_syntax,) if isinstance(transfer_syntax, str) else tuple(transfer_syntax)
+    refusal: NotAcceptable | None = None
+    for choice in choices:
+        try:
+            return _deliver_one(part, choice)
+        except NotAcceptable as exc:
+            refusal = refusal or exc
+    raise refusal or NotAcceptable("no acceptable transfer syntax")
+
+
+def _deliver_one(part: Part10, transfer_syntax: str) -> Part10:
     """`part` as asked: unchanged for `*` or its own syntax, else re-encoded when possible."""
     if transfer_syntax in ("*", part.transfer_syntax):
         return part

@@ -36,7 +36,26 @@ EVRLE = "1.2.840.10008.1.2.1"
     ],
 )
 def test_instances(accept, syntax):
-    assert negotiate_instances(accept) == syntax
+    assert negotiate_instances(accept)[0] == syntax  # the most preferred first
+
+
+@pytest.mark.parametrize(
+    ("accept", "syntaxes"),
+    [
+        (
+            ('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50,'
+            ' multipart/related; type="application/dicom"; transfer-syntax=*;q=0.5'),
+            ("1.2.840.10008.1.2.4.50", "*"),
+        ),
+        (
+            ('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.2,'
+            " */*;q=0.1"),
+            ("1.2.840.10008.1.2.2", EVRLE),
+        ),
+    ],
+)
+def test_every_acceptable_syntax_in_order_of_preference(accept, syntaxes):
+    assert negotiate_instances(accept) == syntaxes
 
 
 @pytest.mark.parametrize(
