@@ -126,17 +126,23 @@ def contexts(
     return proposed
 
 
+def identifier(target: Target) -> Dataset:
+    """The C-GET / C-MOVE identifier: the level and the unique keys down to it
+    (PS3.4 C.4.2.1.4.1, C.4.3.1.3.1)."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = target.level
+    ds.StudyInstanceUID = target.study
+    if target.series:
+        ds.SeriesInstanceUID = target.series
+    if target.instance:
+        ds.SOPInstanceUID = target.instance
+    return ds
+
+
 def _identifiers(target: Target, pending: set[str], first: bool) -> list[Dataset]:
     """The whole reference in the first round; later, the pending instances per series."""
     if first:
-        ds = Dataset()
-        ds.QueryRetrieveLevel = target.level
-        ds.StudyInstanceUID = target.study
-        if target.series:
-            ds.SeriesInstanceUID = target.series
-        if target.instance:
-            ds.SOPInstanceUID = target.instance
-        return [ds]
+        return [identifier(target)]
     by_series: dict[str, list[str]] = {}
     for sop in sorted(pending):
         by_series.setdefault(target.instances[sop], []).append(sop)

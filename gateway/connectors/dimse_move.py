@@ -46,7 +46,7 @@ from pynetdicom.status import code_to_category
 from ..errors import ConnectorError, NotAcceptable
 from .base import Part10
 from .dimse_assoc import Link, Session, status_text
-from .dimse_get import RetrieveIncomplete, Target
+from .dimse_get import RetrieveIncomplete, Target, identifier
 from .storescp import Lost, StorageScp, Subscription
 
 #: Study Root Query/Retrieve Information Model - MOVE (PS3.4 C.6.2.1)
@@ -73,18 +73,6 @@ class MoveOutcome:
         if self.counted:
             return self.completed + self.warning
         return expected if self.code == 0x0000 else 0
-
-
-def identifier(target: Target) -> Dataset:
-    """The C-MOVE identifier: the level and the unique keys down to it (PS3.4 C.4.2.1.4.1)."""
-    ds = Dataset()
-    ds.QueryRetrieveLevel = target.level
-    ds.StudyInstanceUID = target.study
-    if target.series:
-        ds.SeriesInstanceUID = target.series
-    if target.instance:
-        ds.SOPInstanceUID = target.instance
-    return ds
 
 
 def retrieve(link: Link, target: Target, scp: StorageScp, transfer_syntax: str) -> Iterator[Part10]:
