@@ -3,12 +3,11 @@ gateway's BulkDataURIs carry (`7FE00010`, or `00880200/0/7FE00010` inside a sequ
 
 from __future__ import annotations
 
-import io
 import re
 
-import pydicom
 from pydicom.dataset import Dataset
 
+from . import part10
 from .errors import BadRequest, NotFound
 
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
@@ -35,7 +34,7 @@ def parse_path(path: str) -> tuple[int | str, ...]:
 def extract(data: bytes, path: tuple[int | str, ...]) -> tuple[bytes, str]:
     """The raw value at `path` and the instance's transfer syntax. Native pixel data of a
     big-endian object is returned as stored; callers name the transfer syntax."""
-    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    ds = part10.read(data)
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
     node: Dataset = ds
     for i in range(0, len(path) - 1, 2):

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pydicom.datadict import keyword_for_tag
 
-from . import dicomjson, matching, transcode
+from . import dicomjson, matching, part10, transcode
 from .connectors.base import Connector, Part10, ResourceRef, SearchResult
 from .dicomjson import JsonDataset
 from .errors import (
@@ -268,7 +268,7 @@ def _guard(cid: str) -> Iterator[None]:
     the connector: a damaged object is a 502, a bug an "internal error" 502 (and a log)."""
     try:
         yield
-    except transcode.DamagedObject as exc:
+    except part10.DamagedObject as exc:
         raise ConnectorError(exc.message, cid) from exc
     except GatewayError:
         raise

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,9 +29,10 @@ import pydicom
 from pydicom.encaps import get_frame
 from pydicom.pixels.utils import pack_bits
 
-from . import transcode
+from . import part10, transcode
 from .errors import BadRequest
-from .transcode import BIG_ENDIAN, DamagedObject
+from .part10 import DamagedObject
+from .transcode import BIG_ENDIAN
 
 #: Longest frame list accepted in one request (each frame is a part).
 MAX_FRAMES = 10_000
@@ -80,13 +80,11 @@ def parse_frame_list(text: str) -> tuple[int, ...]:
 
 def open_image(data: bytes) -> Image:
     """Parses a Part 10 object. 400 when it has no pixel data, 502 when it cannot be read."""
+    ds = part10.read(data)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
         syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or _syntax_of(ds))
     except Exception as exc:  # pydicom raises many types on damaged input
         raise DamagedObject("an object the archive sent cannot be read") from exc
-    if "SOPClassUID" not in ds:  # what pydicom makes of bytes that are not DICOM
-        raise DamagedObject("an object the archive sent is not a DICOM instance")
     for tag, fixed in _PIXEL_ELEMENTS:
         if tag in ds and "Rows" in ds and "Columns" in ds:
             bits = fixed or int(ds.get("BitsAllocated", 0) or 0)

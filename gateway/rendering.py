@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -44,9 +43,10 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, convert_color_space
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from . import part10
 from .errors import BadRequest, NotAcceptable
 from .negotiation import parse_accept
-from .transcode import DamagedObject
+from .part10 import DamagedObject
 
 JPEG, PNG, GIF = "image/jpeg", "image/png", "image/gif"
 RENDERED_TYPES = (JPEG, PNG, GIF)
@@ -214,10 +214,7 @@ def render_dataset(ds: Dataset, frame: int, params: RenderParams) -> bytes:
 
 
 def _read(data: bytes) -> Dataset:
-    try:
-        return pydicom.dcmread(io.BytesIO(data), force=True)
-    except Exception as exc:  # pydicom raises many types on damaged input
-        raise DamagedObject("an object the archive sent cannot be read") from exc
+    return part10.read(data)
 
 
 def _number_of_frames(ds: Dataset) -> int:

@@ -36,8 +36,10 @@ from pydicom.pixels.decoders.base import Decoder, get_decoder
 from pydicom.pixels.encoders.base import Encoder, get_encoder
 from pydicom.uid import UID
 
+from . import part10
 from .connectors.base import Part10
-from .errors import GatewayError, NotAcceptable
+from .errors import NotAcceptable
+from .part10 import DamagedObject
 
 log = logging.getLogger("gateway.transcode")
 T = TypeVar("T")
@@ -74,13 +76,6 @@ ENCODERS: dict[str, str] = {
 #: Value representations whose values are words in the dataset's byte order (PS3.5 7.3).
 _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _EXTENDED_OFFSETS = (0x7FE00001, 0x7FE00002)
-
-
-class DamagedObject(GatewayError):
-    """An object from the archive cannot be what it says it is (502; the engine names the
-    connector)."""
-
-    status = 502
 
 
 def is_compressed(transfer_syntax: str) -> bool:
@@ -170,10 +165,7 @@ def _check_possible(source: str, target: str, bits_stored: int) -> None:
 
 
 def _read(part: Part10) -> pydicom.Dataset:
-    try:
-        return pydicom.dcmread(io.BytesIO(part.data), force=True)
-    except Exception as exc:  # pydicom raises many types on damaged input
-        raise DamagedObject("an object the archive sent cannot be read") from exc
+    return part10.read(part.data)
 
 
 def _to_native_little_endian(ds: pydicom.Dataset, source: str) -> None:

@@ -38,15 +38,12 @@ Parameters and the choices made here:
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import pydicom
-
-from . import rendering, transcode
+from . import part10, rendering, transcode
 from .connectors.base import Part10
 from .errors import BadRequest, NotAcceptable
 from .negotiation import parse_accept
@@ -286,10 +283,7 @@ def choose(request: WadoRequest, info: ImageInfo | None) -> str:
 def inspect(data: bytes) -> ImageInfo | None:
     """Rows, Columns and Number of Frames of an object with pixel data; None without. Large
     values (the pixel data itself) are not read."""
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True, defer_size=_DEFER)
-    except Exception as exc:  # pydicom raises many types on damaged input
-        raise transcode.DamagedObject("an object the archive sent cannot be read") from exc
+    ds = part10.read(data, defer_size=_DEFER)
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         return None
     return ImageInfo(

@@ -21,7 +21,7 @@ from gateway.negotiation import (
     frame_media_type,
     frame_ranges,
 )
-from gateway.transcode import DamagedObject
+from gateway.part10 import DamagedObject
 
 OCTET = "application/octet-stream"
 EVRLE = "1.2.840.10008.1.2.1"

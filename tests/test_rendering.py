@@ -20,8 +20,8 @@ from pydicom.sequence import Sequence
 
 from gateway import rendering
 from gateway.errors import BadRequest, NotAcceptable
+from gateway.part10 import DamagedObject
 from gateway.rendering import RenderParams, Viewport, Window
-from gateway.transcode import DamagedObject
 
 PNG = RenderParams(media_type="image/png")
 

@@ -13,7 +13,8 @@ from pydicom.pixels import apply_color_lut
 
 from gateway.connectors.base import Part10
 from gateway.errors import NotAcceptable
-from gateway.transcode import DamagedObject, deliver
+from gateway.part10 import DamagedObject
+from gateway.transcode import deliver
 
 EVRLE = "1.2.840.10008.1.2.1"
 IVRLE = "1.2.840.10008.1.2"
