@@ -94,7 +94,8 @@ class FakeMoveScp(FakeScp):
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
         handlers = [
             (evt.EVT_C_FIND, self._on_find), (evt.EVT_C_MOVE, self._on_move),
-            (evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_CONN_CLOSE, self._on_close),
+            (evt.EVT_REQUESTED, self._on_open), (evt.EVT_PDU_RECV, self._on_pdu),
+            (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_ABORTED, self._on_aborted), (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ESTABLISHED, self._on_established),
         ]

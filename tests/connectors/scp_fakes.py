@@ -2,7 +2,7 @@
 
 `FakeScp` serves C-ECHO, C-FIND (Study Root) and C-GET from a list of datasets on a free
 127.0.0.1 port, and records what it saw: answers produced, C-CANCELs, aborts, releases, the
-peak number of simultaneous connections, the identifiers received. Stalls wait on
+peak number of simultaneous associations, the identifiers received. Stalls wait on
 `FakeScp.released` (set at stop), never on a bare sleep, so teardown is never held up.
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Self
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom.pdu import A_RELEASE_RQ
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -59,6 +60,7 @@ class FakeScp:
     proposed: list[set[str]] = field(default_factory=list)  # abstract syntaxes per association
     open_now: int = 0
     open_peak: int = 0
+    _open: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadedAssociationServer | None = None
     port: int = 0
@@ -77,7 +79,8 @@ class FakeScp:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
         handlers = [
             (evt.EVT_C_FIND, self._on_find), (evt.EVT_C_GET, self._on_get),
-            (evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_CONN_CLOSE, self._on_close),
+            (evt.EVT_REQUESTED, self._on_open), (evt.EVT_PDU_RECV, self._on_pdu),
+            (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_ABORTED, self._on_aborted), (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ESTABLISHED, self._on_established),
         ]
@@ -108,16 +111,31 @@ class FakeScp:
 
     # -- events -------------------------------------------------------------------------------
 
+    # An association counts as open at this PACS from its A-ASSOCIATE-RQ until the peer asks
+    # to release it (the requestor waits for our answer before it may open another), or until
+    # it is aborted or its connection closes. Counting TCP connections instead would be racy:
+    # the socket closes a moment after the A-RELEASE-RP has been sent.
+
     def _on_open(self, event: evt.Event) -> None:
         with self._lock:
-            self.open_now += 1
+            self._open.add(id(event.assoc))
+            self.open_now = len(self._open)
             self.open_peak = max(self.open_peak, self.open_now)
 
-    def _on_close(self, event: evt.Event) -> None:
+    def _ended(self, event: evt.Event) -> None:
         with self._lock:
-            self.open_now -= 1
+            self._open.discard(id(event.assoc))
+            self.open_now = len(self._open)
+
+    def _on_pdu(self, event: evt.Event) -> None:
+        if isinstance(event.pdu, A_RELEASE_RQ):
+            self._ended(event)
+
+    def _on_close(self, event: evt.Event) -> None:
+        self._ended(event)
 
     def _on_aborted(self, event: evt.Event) -> None:
+        self._ended(event)
         with self._lock:
             self.aborted += 1
 
