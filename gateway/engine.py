@@ -29,11 +29,13 @@ from .errors import (
     GatewayError,
     NotFound,
 )
+from .prefetch import Prefetch
 from .query import MAX_OFFSET, SERIES_UID, SOP_UID, STUDY_UID, Level, Match, SearchQuery, is_uid
 from .settings import ConnectorSettings
 
 log = logging.getLogger("gateway.engine")
 T = TypeVar("T")
+B = TypeVar("B")
 
 _INSTANCE_AVAILABILITY = 0x00080056
 _RETRIEVE_URL = 0x00081190
@@ -206,39 +208,62 @@ class Engine:
         with contextlib.closing(stream), _guard(cid):
             return use(stream)
 
+    def retrieve_lazily_with(
+        self,
+        ref: ResourceRef,
+        ids: Sequence[str],
+        use: Callable[[Iterator[Part10]], tuple[T, Iterator[B]]],
+    ) -> tuple[T, Iterator[B]]:
+        """`retrieve_with` for a `use` that answers a head and a lazily produced body (the
+        frames after the first): damage found while producing the body names the connector
+        too. By then the response has started, so it cuts the stream."""
+        cid, stream = self._open(ref, ids, "*")
+        with contextlib.closing(stream), _guard(cid):
+            head, body = use(stream)
+        return head, _guarded(cid, body)
+
     def retrieve_study_series_instance(
         self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str | Sequence[str]
     ) -> Retrieval:
         """WADO-RS Retrieve Study / Series / Instance: the stream, read ahead up to
-        `lookahead` bytes and LOOKAHEAD_SECONDS (memory and delay stay bounded). A failure inside the look-ahead, after at
-        least one object, makes a partial answer (206 + Warning); one after it cuts the
-        stream without its close delimiter, so the client sees it is incomplete."""
+        `lookahead` bytes and LOOKAHEAD_SECONDS, whichever comes first (memory and delay stay
+        bounded: the stream is read in a thread of its own, so the time bound holds while an
+        object is arriving). A failure inside the look-ahead, after the first object, makes a
+        partial answer (206 + Warning); one after it cuts the stream without its close
+        delimiter, so the client sees it is incomplete."""
         stream = self.retrieve_instances(ref, ids, transfer_syntax)
-        ahead: list[Part10] = []
-        size = 0
-        # bounded in time too: a backend that trickles does not hold the response back
+        first = next(stream)  # pulled already: locating and opening are done
+        reader: Prefetch[Part10] = Prefetch(stream, name="wado-read-ahead")
+        ahead, size = [first], len(first.data)
+        # bounded in time too, while an object arrives: a trickling backend holds nothing back
         until = time.monotonic() + LOOKAHEAD_SECONDS
         try:
-            while size <= self.lookahead and time.monotonic() < until:
-                part = next(stream, None)
-                if part is None:
+            while size <= self.lookahead:
+                got = reader.get(timeout=until - time.monotonic())
+                if got.kind == "wait":
+                    break
+                if got.kind == "end":
                     return Retrieval(iter(ahead))
-                ahead.append(part)
-                size += len(part.data)
+                assert got.item is not None
+                ahead.append(got.item)
+                size += len(got.item.data)
         except ConnectorError as exc:
-            stream.close()
-            if not ahead:
-                raise
+            reader.close()
             log.warning("partial retrieval from connector %s", exc.connector)
             return Retrieval(iter(ahead), [f"connector {exc.connector}: {exc.message}"])
-        return Retrieval(_resume(ahead, stream))
+        except BaseException:
+            reader.close()
+            raise
+        return Retrieval(_resume(ahead, reader))
 
 
-def _resume(ahead: list[Part10], rest: Generator[Part10, None, None]) -> Iterator[Part10]:
+def _resume(ahead: list[Part10], rest: Prefetch[Part10]) -> Iterator[Part10]:
     try:
         yield from ahead
         ahead.clear()
-        yield from rest
+        while (got := rest.get()).kind == "item":
+            assert got.item is not None
+            yield got.item
     finally:
         rest.close()
 
@@ -275,6 +300,18 @@ def _guard(cid: str) -> Iterator[None]:
     except Exception as exc:
         log.exception("connector %s raised during retrieval", cid)
         raise ConnectorError(f"internal error: {type(exc).__name__}", cid) from exc
+
+
+def _guarded(cid: str, body: Iterator[B]) -> Iterator[B]:
+    while True:
+        with _guard(cid):
+            item = next(body, _END)
+        if item is _END:
+            return
+        yield item  # type: ignore[misc]
+
+
+_END = object()
 
 
 def _chain(

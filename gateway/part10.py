@@ -7,6 +7,9 @@ from __future__ import annotations
 import io
 
 import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from .errors import GatewayError
 
@@ -28,4 +31,27 @@ def read(data: bytes, defer_size: int | None = None) -> pydicom.Dataset:
         raise DamagedObject("an object the archive sent cannot be read") from exc
     if "SOPClassUID" not in ds:
         raise DamagedObject("an object the archive sent is not a whole DICOM instance")
+    if _cut_short(ds):
+        raise DamagedObject("an object the archive sent is truncated (a value is cut short)")
     return ds
+
+
+_UNDEFINED = 0xFFFFFFFF
+
+
+def _cut_short(ds: Dataset) -> bool:
+    """Whether an element holds fewer bytes than its header declares. pydicom keeps what it
+    could read of the last element of a stream that ends early (PS3.5 7.1: a defined length
+    is the value's exact length), so a truncated object would otherwise serve a short value.
+    Only the last element in stream order can be short; this looks at that one, descending
+    into the last item of a sequence."""
+    while len(ds):
+        elem = ds._dict[max(ds._dict)]  # elements are stored in ascending tag order
+        if isinstance(elem, RawDataElement):
+            value, length = elem.value, elem.length
+            return value is not None and length != _UNDEFINED and len(value) < length
+        if isinstance(elem.value, Sequence) and len(elem.value):
+            ds = elem.value[-1]
+            continue
+        return False
+    return False

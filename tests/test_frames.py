@@ -4,6 +4,7 @@ little-endian bytes; 1-bit frames packed with pydicom's pack_bits), pydicom.enca
 generate_frames for stored frames, and PS3.18 Table 8.7.3-5 for media types."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -13,7 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels.utils import pack_bits
 
-from gateway import frames
+from gateway import frames, part10
 from gateway.errors import BadRequest, NotAcceptable
 from gateway.negotiation import (
     FrameChoice,
@@ -218,9 +219,9 @@ def test_bytes_that_are_not_dicom_are_a_damaged_object(data):
 
 
 def test_truncated_native_pixel_data_is_a_damaged_object():
-    image = image_of("MR_truncated.dcm")
-    with pytest.raises(DamagedObject):
-        frames.frame(image, 1, True)
+    # pydicom's MR_truncated.dcm: Pixel Data declares 8192 bytes and holds fewer
+    with pytest.raises(DamagedObject, match="truncated"):
+        image_of("MR_truncated.dcm")
 
 
 def test_broken_compressed_frame_is_a_damaged_object():
@@ -336,3 +337,14 @@ def test_choose_frames_not_acceptable(accept, stored, can_decode):
 def test_frame_ranges_not_acceptable_before_any_fetch(accept, count):
     with pytest.raises(NotAcceptable):
         frame_ranges(accept, count)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "rtdose.dcm", "MR_small.dcm"])
+@pytest.mark.parametrize("short", [1, 2, 499])
+def test_an_object_cut_short_inside_its_last_value_is_damaged(name: str, short: int) -> None:
+    """PS3.5 7.1.1: a defined Value Length is the exact length of the value, so an object
+    whose stream ends `short` bytes early holds less than its Pixel Data declares."""
+    data = Path(get_testdata_file(name)).read_bytes()
+    assert part10.read(data).SOPClassUID  # whole, it reads
+    with pytest.raises(part10.DamagedObject, match="truncated"):
+        part10.read(data[:-short])

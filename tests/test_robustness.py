@@ -1046,7 +1046,8 @@ def test_many_clients_at_once_get_what_one_gets(orthanc: Any, orthanc_gw: Served
 
 
 def test_a_client_hanging_up_aborts_the_c_get() -> None:
-    datasets = clone_series(CT["path"], 16, pixel_bytes=512 * 1024)
+    # 16 MiB: twice the 8 MiB look-ahead, so the C-GET is still running when the client goes
+    datasets = clone_series(CT["path"], 32, pixel_bytes=512 * 1024)
     first = datasets[0]
     path = f"/dicomweb/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
     with (

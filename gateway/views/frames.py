@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, request
 
 from .. import frames as pixel_frames
+from ..connectors.base import Part10
 from ..multipart import encode, new_boundary
 from ..negotiation import FrameChoice, choose_frames, frame_ranges
 from ..web import connector_ids, gateway, resource_ref
@@ -22,11 +23,14 @@ def retrieve_frames(
     numbers = pixel_frames.parse_frame_list(frame_list)
     ranges = frame_ranges(request.headers.get("Accept"), len(numbers))
     ref = resource_ref(study, series, instance)
-    image = gateway().engine.retrieve_with(
-        ref, connector_ids(connector_id), lambda s: pixel_frames.open_image(next(s).data)
-    )
-    choice = choose_frames(ranges, image.transfer_syntax, image.can_decode)
-    return _respond(choice, pixel_frames.frames(image, numbers, choice.decode))
+
+    def use(stream: Iterator[Part10]) -> tuple[FrameChoice, Iterator[bytes]]:
+        image = pixel_frames.open_image(next(stream).data)
+        choice = choose_frames(ranges, image.transfer_syntax, image.can_decode)
+        return choice, pixel_frames.frames(image, numbers, choice.decode)
+
+    choice, bodies = gateway().engine.retrieve_lazily_with(ref, connector_ids(connector_id), use)
+    return _respond(choice, bodies)
 
 
 def _respond(choice: FrameChoice, bodies: Iterator[bytes]) -> Response:
