@@ -16,19 +16,31 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .connectors.storescp import StorageScp
+    from .weasis_build import ManifestBuilder
+    from .weasis_store import ManifestStore
 
 log = logging.getLogger("gateway")
 
 
 @dataclass
 class Gateway:
-    """What the blueprints share: the settings and the engine over the built connectors, and
-    the storage SCP that C-MOVE retrievals receive on."""
+    """What the blueprints share: the settings and the engine over the built connectors, the
+    storage SCP that C-MOVE retrievals receive on, and Weasis's manifest builder and store."""
 
     settings: Settings
     engine: Engine
     storage_scp: StorageScp | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    weasis: ManifestBuilder = field(init=False)
+    manifests: ManifestStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        from .weasis_build import ManifestBuilder
+        from .weasis_store import ManifestStore
+
+        options = self.settings.gateway.weasis
+        self.weasis = ManifestBuilder(self.settings, self.engine)
+        self.manifests = ManifestStore(options.store_dir, options.manifest_lifetime)
 
     @property
     def max_results(self) -> int:
@@ -67,7 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from . import web
     from .config import load_settings
     from .connectors import build_connector
-    from .views import frames, ops, qido, rendered, wado, wado_uri
+    from .views import frames, ops, qido, rendered, wado, wado_uri, weasis
 
     if settings is None:
         settings = load_settings()
@@ -89,6 +101,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)  # type: ignore[method-assign]
     web.install(app)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(weasis.bp)
     for blueprint in (qido.bp, wado.bp, frames.bp, rendered.bp):
         app.register_blueprint(blueprint, url_prefix="/dicomweb")
         app.register_blueprint(

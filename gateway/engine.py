@@ -87,12 +87,25 @@ class Engine:
 
     # -- search ---------------------------------------------------------------------------
 
-    def search(self, query: SearchQuery, ids: Sequence[str], base_url: str) -> SearchAnswer:
-        """QIDO-RS over the connectors `ids` (PS3.18 10.6): merged, paged, trimmed."""
+    def search(
+        self,
+        query: SearchQuery,
+        ids: Sequence[str],
+        base_url: str,
+        *,
+        follow_up: bool = False,
+    ) -> SearchAnswer:
+        """QIDO-RS over the connectors `ids` (PS3.18 10.6): merged, paged, trimmed. A connector
+        whose `search-criteria.deactivated` covers a criterion of `query` is not asked, unless
+        the query is a `follow_up` to one it answered (the series of a study it found)."""
         answer = SearchAnswer([])
         if any(m.kind == "list" and not m.values for m in query.matches):
             return answer  # the path and the query name different UIDs: nothing can match
-        asked = [i for i in ids if not (query.criteria & self.backends[i].settings.deactivated)]
+        asked = [
+            i
+            for i in ids
+            if follow_up or not (query.criteria & self.backends[i].settings.deactivated)
+        ]
         limit = query.limit if query.limit is not None else 0
         if query.offset >= MAX_OFFSET:
             return answer  # no archive has answers that far

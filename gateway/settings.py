@@ -97,6 +97,9 @@ class WeasisManifest:
     additionnal_parameters: str | None = None
     override_dicom_tags: tuple[str, ...] = ()
     http_tags: tuple[tuple[str, str], ...] = ()
+    #: gateway addition (`weasis.direct`): Weasis downloads from the archive itself, with the
+    #: credentials of the connector's `wado` / `wado-rs` block written into the manifest
+    direct: bool = False
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,16 @@ class StorageScpOptions:
 
 
 @dataclass(frozen=True)
+class WeasisOptions:
+    """`gateway.weasis`: stored manifests (the ones `/weasis/launch` links to) live for
+    `manifest_lifetime` seconds in `store_dir`, shared by the workers of one machine (default:
+    a private folder under the temp directory)."""
+
+    manifest_lifetime: float = 300.0
+    store_dir: str | None = None
+
+
+@dataclass(frozen=True)
 class GatewayOptions:
     public_url: str | None = None
     trust_proxy: bool = False
@@ -232,6 +245,7 @@ class GatewayOptions:
     demo_archive: DemoArchive | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     storage_scp: StorageScpOptions | None = None
+    weasis: WeasisOptions = field(default_factory=WeasisOptions)
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,7 @@ def _load(data: Any, env: Mapping[str, str], extra_oidc: dict[str, dict[str, Any
         raise ConfigError([("connector.config", MISSING_CONNECTOR)])
     if options.storage_scp is None:
         _no_c_move(connectors)
+    _direct_needs_wado(connectors)
     oidc = {**loaded.get("oidc", {}), **extra_oidc}
     return s.Settings(
         connectors=connectors,
@@ -260,6 +261,31 @@ def _no_c_move(connectors: Sequence[s.ConnectorSettings]) -> None:
             [
                 (f"connector.config.{cid}.dicom-connector.dimse.retrieve-method", NEEDS_SCP)
                 for cid in moving
+            ]
+        )
+
+
+def _direct_needs_wado(connectors: Sequence[s.ConnectorSettings]) -> None:
+    """`weasis.direct` points Weasis at the archive's own WADO endpoint, so the connector must
+    say where it is: `wado` (DB, DICOM) or `wado-rs` (DICOM_WEB)."""
+    missing = []
+    for c in connectors:
+        if not c.weasis.direct:
+            continue
+        if c.dicom_web is not None and c.dicom_web.wado_rs is None:
+            missing.append((c.id, "dicom-web-connector.wado-rs"))
+        elif c.dicom is not None and c.dicom.wado is None:
+            missing.append((c.id, "dicom-connector.wado"))
+        elif c.db is not None and c.db.wado is None:
+            missing.append((c.id, "db-connector.wado"))
+    if missing:
+        raise ConfigError(
+            [
+                (
+                    f"connector.config.{cid}.weasis.direct",
+                    f"Needs {block} (the archive's endpoint and credentials Weasis is given).",
+                )
+                for cid, block in missing
             ]
         )
 

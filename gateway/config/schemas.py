@@ -7,6 +7,7 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -200,10 +201,12 @@ class ManifestSchema(Block):
 
 class WeasisSchema(Block):
     manifest = fields.Nested(ManifestSchema)
+    direct = fields.Boolean()  # gateway addition: Weasis downloads from the archive itself
 
     @post_load
     def _make(self, data: dict[str, Any], **kw: Any) -> s.WeasisManifest:
-        return data.get("manifest") or s.WeasisManifest()
+        manifest = data.get("manifest") or s.WeasisManifest()
+        return replace(manifest, direct=data.get("direct", False))
 
 
 class SearchCriteriaSchema(Block):
@@ -421,9 +424,13 @@ def _listen_host(value: str) -> None:
             raise ValidationError("Not an IP address or a host name.") from None
 
 
-def _relay_dir(value: str) -> None:
+def _absolute(value: str) -> None:
     if not value.startswith("/"):
         raise ValidationError("Must be an absolute path.")
+
+
+def _relay_dir(value: str) -> None:
+    _absolute(value)
     if len(value.rstrip("/").encode()) + _RELAY_NAME > _UNIX_PATH_MAX:
         raise ValidationError(
             f"Too long for a local socket path: at most {_UNIX_PATH_MAX - _RELAY_NAME} bytes."
@@ -443,6 +450,17 @@ class StorageScpSchema(Block):
         return s.StorageScpOptions(**data)
 
 
+class WeasisOptionsSchema(Block):
+    """`gateway.weasis`: where and how long the manifests `/weasis/launch` links to are kept."""
+
+    manifest_lifetime = Seconds(data_key="manifest-lifetime")
+    store_dir = Text(data_key="store-dir", validate=_absolute)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kw: Any) -> s.WeasisOptions:
+        return s.WeasisOptions(**data)
+
+
 class GatewaySchema(Block):
     public_url = Text(data_key="public-url", validate=http_url)
     trust_proxy = fields.Boolean(data_key="trust-proxy")
@@ -450,6 +468,7 @@ class GatewaySchema(Block):
     timeouts = fields.Nested(TimeoutsSchema)
     demo_archive = fields.Nested(DemoSchema, data_key="demo-archive")
     storage_scp = fields.Nested(StorageScpSchema, data_key="storage-scp")
+    weasis = fields.Nested(WeasisOptionsSchema)
 
     @post_load
     def _make(self, data: dict[str, Any], **kw: Any) -> s.GatewayOptions:

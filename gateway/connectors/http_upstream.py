@@ -127,6 +127,18 @@ class Upstream:
             stream=stream,
         )
 
+    def bearer_token(self, deadline: float | None) -> str:
+        """A current client-credentials access token (fetched or renewed as needed), for a
+        Weasis manifest in direct mode; ConnectorError when this endpoint is not OAUTH2."""
+        if self._oauth is None:
+            raise ConnectorError("the endpoint has no OAuth2 client", self.connector)
+        with mapped(self.connector, "OAuth2 token request"):
+            self._ensure_token(deadline)
+            token = self._oauth.token
+        if not token or not token.get("access_token"):
+            raise ConnectorError("the token endpoint gave no access token", self.connector)
+        return str(token["access_token"])
+
     def _ensure_token(self, deadline: float | None) -> None:
         """Fetches a client-credentials token when there is none, when it expires within
         TOKEN_LEEWAY seconds, or after the upstream refused it (RFC 6749 4.4)."""
