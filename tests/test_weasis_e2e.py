@@ -37,6 +37,9 @@ CT, MR, RTDOSE = INDEX["CT_small.dcm"], INDEX["MR_small.dcm"], INDEX["rtdose.dcm
 #: every archive can send
 UNCOMPRESSED = ("CT_small.dcm", "MR_small.dcm", "rtdose.dcm")
 QUERY_MODE = {"web": "DICOM_WEB", "dimse-orthanc": "DICOM", "dimse-dcmqrscp": "DICOM", "db": "DB"}
+PATIENT_ATTRS = ("PatientBirthDate", "PatientBirthTime", "PatientSex", "IssuerOfPatientID")
+STUDY_ATTRS = ("StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName", "StudyDescription")
+SERIES_ATTRS = ("SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime")
 MANIFEST_OPTIONS = {
     "transfer-syntax-uid": "1.2.840.10008.1.2.1",
     "compressionRate": 0,
@@ -146,6 +149,11 @@ def test_a_study_opens_from_one_launch_link(gateway: Served, archive: str, name:
     assert study.get("StudyDate") == source.StudyDate
     assert series.get("SeriesInstanceUID") == source.SeriesInstanceUID
     assert series.get("Modality") == source.Modality
+    # every other attribute the archive filled holds the file's value
+    for element, names in ((patient, PATIENT_ATTRS), (study, STUDY_ATTRS), (series, SERIES_ATTRS)):
+        for name in names:
+            if element.get(name) is not None:
+                assert element.get(name) == str(source.get(name, "")).strip(), (archive, name)
     # dcmqrscp's index does not return SOP Class UID at IMAGE level (a C-FIND asking for it
     # gets SOPInstanceUID and InstanceNumber only): the manifest has what the archive gives
     expected_class = None if archive == "dimse-dcmqrscp" else source.SOPClassUID

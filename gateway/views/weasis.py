@@ -95,7 +95,8 @@ class _SchemeRedirect(Response):
 
 
 def _manifest(wanted: ManifestRequest) -> Response:
-    kind = request.accept_mimetypes.best_match([_XML, "text/xml", _JSON])
+    accept = request.accept_mimetypes
+    kind = accept.best_match([_XML, "text/xml", _JSON]) if accept.provided else _XML
     if kind is None:
         raise NotAcceptable("a manifest is application/xml or application/json")
     built = gateway().weasis.build(wanted, _connectors(wanted), public_root())
