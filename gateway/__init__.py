@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -12,9 +13,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .engine import Backend, Engine
 from .metrics import Metrics
-from .settings import Settings
+from .settings import ConnectorSettings, Settings
 
 if TYPE_CHECKING:
+    from .connectors.base import Connector
     from .connectors.storescp import StorageScp
     from .weasis_build import ManifestBuilder
     from .weasis_store import ManifestStore
@@ -64,6 +66,37 @@ def _start_storage_scp(settings: Settings) -> StorageScp | None:
     return scp
 
 
+def _cache(
+    settings: Settings, metrics: Metrics
+) -> Callable[[Connector, ConnectorSettings], Connector]:
+    """Wraps a connector in the metadata cache its settings ask for (none with `ttl: 0`)."""
+    from .cache import CachedConnector
+    from .cache_store import Flights, MemoryNamespace, Namespace, RedisNamespace
+
+    options = settings.gateway.cache
+    flights = Flights()
+    client = None
+    if options.backend == "redis" and options.redis_url:
+        import redis
+
+        client = redis.Redis.from_url(
+            options.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+
+    def wrap(connector: Connector, c: ConnectorSettings) -> Connector:
+        bounds = c.cache or options.bounds
+        if bounds.ttl <= 0:
+            return connector
+        space: Namespace = (
+            RedisNamespace(client, f"{options.key_prefix}:{c.id}", bounds.ttl)
+            if client is not None
+            else MemoryNamespace(bounds.ttl, bounds.max_bytes)
+        )
+        return CachedConnector(connector, space, flights, c.timeouts.request, metrics)
+
+    return wrap
+
+
 def _quiet_pydicom() -> None:
     """pydicom's validation warnings quote the offending value (a UID, a patient's sex):
     values an archive sends are passed on as they are, so they are not validated, nor logged."""
@@ -79,7 +112,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from . import web
     from .config import load_settings
     from .connectors import build_connector
-    from .views import frames, ops, qido, rendered, wado, wado_uri, weasis
+    from .views import admin, frames, ops, qido, rendered, wado, wado_uri, weasis
 
     if settings is None:
         settings = load_settings()
@@ -89,8 +122,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         ensure_demo_archive(settings.gateway.demo_archive.directory)
     scp = _start_storage_scp(settings)
-    backends = [Backend(build_connector(c, settings, scp), c) for c in settings.connectors]
-    gw = Gateway(settings, Engine(backends), scp)
+    metrics = Metrics()
+    cached = _cache(settings, metrics)
+    backends = [
+        Backend(cached(build_connector(c, settings, scp), c), c) for c in settings.connectors
+    ]
+    gw = Gateway(settings, Engine(backends), scp, metrics)
     log.info(
         "connectors: %s; default: %s", [c.id for c in settings.connectors], list(settings.default)
     )
@@ -102,6 +139,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     web.install(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(weasis.bp)
+    app.register_blueprint(admin.bp)
     for blueprint in (qido.bp, wado.bp, frames.bp, rendered.bp):
         app.register_blueprint(blueprint, url_prefix="/dicomweb")
         app.register_blueprint(

@@ -3,6 +3,7 @@
 
     GatewayError                   500, base class
     +-- BadRequest                 400, a parameter is missing or malformed (names it)
+    +-- Unauthorized               401, a credential the route needs is missing or wrong
     +-- NotFound                   404, no connector holds the resource
     +-- NotAcceptable              406, no acceptable media type or transfer syntax
     +-- ConnectorError             502, a backend failed (names the connector)
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 
 class GatewayError(Exception):
     status = 500
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, message: str, connector: str | None = None) -> None:
         super().__init__(message)
@@ -46,6 +48,11 @@ class BadRequest(GatewayError):
         if self.parameter is not None:
             body["parameter"] = self.parameter
         return body
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    headers = (("WWW-Authenticate", 'Bearer realm="dicomweb-gateway"'),)  # RFC 6750 3
 
 
 class NotFound(GatewayError):

@@ -180,9 +180,12 @@ def _fill(target: object, rows: Rows, fields: tuple[tuple[str, str], ...]) -> No
             setattr(target, attr, _text(rows, keyword))
 
 
-def _patient(arc: ArcQuery, rows: Rows) -> Patient:
-    ident = (_text(rows, "PatientID") or "", _text(rows, "IssuerOfPatientID"))
-    patient = arc.patients.setdefault(ident, Patient(ident[0], "", ident[1]))
+def _patient(arc: ArcQuery, rows: Rows, study_uid: str) -> Patient:
+    """The patient of `rows`, keyed by (PatientID, IssuerOfPatientID). Studies without a
+    PatientID are never merged into one patient: each is a patient of its own."""
+    pid, issuer = _text(rows, "PatientID") or "", _text(rows, "IssuerOfPatientID")
+    key = (pid, issuer) if pid else ("", f"\x00{study_uid}")
+    patient = arc.patients.setdefault(key, Patient(pid, "", issuer))
     if not patient.patient_name:
         patient.patient_name = _text(rows, "PatientName") or ""
     _fill(patient, rows, _PATIENT_FIELDS)
@@ -203,7 +206,7 @@ def merge_rows(
     study_uid = _text(rows, "StudyInstanceUID")
     if study_uid is None:
         raise ValueError("a study row without StudyInstanceUID")
-    patient = _patient(arc, rows)
+    patient = _patient(arc, rows, study_uid)
     node = patient.studies.setdefault(study_uid, Study(study_uid))
     _fill(node, rows, _STUDY_FIELDS)
     found = _values(study, "ModalitiesInStudy")

@@ -33,6 +33,16 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.cache = Counter(
+            "gateway_cache_lookups",
+            "Metadata cache lookups (searches and WADO-RS metadata), by connector and result",
+            ["connector", "result"],
+            registry=self.registry,
+        )
+
+    def cache_lookup(self, connector: str, result: str) -> None:
+        self.cache.labels(connector, result).inc()
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)

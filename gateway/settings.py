@@ -196,6 +196,15 @@ class DicomWebConnector:
 
 
 @dataclass(frozen=True)
+class CacheBounds:
+    """How long a connector's cached metadata lives (`ttl` seconds; 0: not cached) and how
+    many bytes of it one process keeps (the memory backend; Redis has its own maxmemory)."""
+
+    ttl: float = 60.0
+    max_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class ConnectorSettings:
     id: str
     type: ConnectorType
@@ -205,6 +214,8 @@ class ConnectorSettings:
     dicom: DicomConnector | None = None
     dicom_web: DicomWebConnector | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: gateway addition (`cache`): this connector's bounds; default `gateway.cache`'s
+    cache: CacheBounds | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +249,19 @@ class WeasisOptions:
 
 
 @dataclass(frozen=True)
+class CacheOptions:
+    """`gateway.cache`: the metadata cache. `backend` memory (each process its own) or redis
+    (at `redis_url`, keys under `key_prefix`, shared by workers and machines); `bounds` the
+    default of every connector; `admin_token` enables `POST /admin/cache/purge`."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None
+    key_prefix: str = "dicomweb-gateway"
+    bounds: CacheBounds = field(default_factory=CacheBounds)
+    admin_token: str | None = None
+
+
+@dataclass(frozen=True)
 class GatewayOptions:
     public_url: str | None = None
     trust_proxy: bool = False
@@ -246,6 +270,7 @@ class GatewayOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     storage_scp: StorageScpOptions | None = None
     weasis: WeasisOptions = field(default_factory=WeasisOptions)
+    cache: CacheOptions = field(default_factory=CacheOptions)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class _Found:
     series: dict[str, JsonDataset] = field(default_factory=dict)
     instances: dict[str, JsonDataset] = field(default_factory=dict)
     truncated: bool = False
+    warnings: list[str] = field(default_factory=list)
 
 
 class ManifestBuilder:
@@ -98,9 +99,16 @@ class ManifestBuilder:
             )
             return arc
         for study, series, instance in _rows(found):
-            merge_rows(arc, study, series, instance)
+            try:
+                merge_rows(arc, study, series, instance)
+            except ValueError:  # an answer without its UID: left out, said below
+                found.warnings.append("an answer without its UID was left out")
         _stamp(arc, settings)
         apply_filters(arc, request.filters)
+        if found.warnings:  # e.g. a criterion the connector could not match on
+            arc.message = Message(
+                "WARN", "Partial matching", f"Archive {cid}: " + "; ".join(found.warnings)
+            )
         if found.truncated:
             arc.message = Message(
                 "WARN",
@@ -139,14 +147,15 @@ class ManifestBuilder:
                 if issuer:
                     matches.append(Match(ISSUER, "single", (issuer,)))
                 studies += ask(Level.STUDY, matches, STUDY_FIELDS)
-        for study in studies:
+        expanded: set[str] = set()
+        for study in studies:  # whole studies, even one an objectUID or seriesUID brought in
             uid = _uid(study, STUDY_UID)
-            if uid in found.studies:
-                continue
-            found.studies[uid] = study
-            if depth in ("SERIES", "IMAGE"):
+            found.studies.setdefault(uid, study)
+            if uid not in expanded and depth in ("SERIES", "IMAGE"):
+                expanded.add(uid)
                 self._expand(ask, found, uid, depth)
         found.truncated = ask.truncated
+        found.warnings = ask.warnings
         return found
 
     def _depth(self, settings: ConnectorSettings) -> str:
@@ -229,6 +238,7 @@ class _Asker:
         self.engine, self.cid, self.root = engine, cid, root
         self.page = 1000
         self.truncated = False
+        self.warnings: list[str] = []
 
     def __call__(
         self, level: Level, matches: list[Match], fields: tuple[int, ...]
@@ -240,7 +250,12 @@ class _Asker:
             # the criteria were checked against `deactivated` before asking
             answer = self.engine.search(query, [self.cid], self.root + "/dicomweb", follow_up=True)
             out += answer.datasets
-            more = any(w.startswith("There are additional results") for w in answer.warnings)
+            more = False
+            for warning in answer.warnings:
+                if warning.startswith("There are additional results"):
+                    more = True
+                elif warning not in self.warnings:
+                    self.warnings.append(warning)
             if not more or not answer.datasets:
                 return out
             offset += len(answer.datasets)

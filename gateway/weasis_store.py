@@ -38,7 +38,7 @@ class ManifestStore:
         """Stores `request` and returns its new id."""
         self._sweep()
         ident = secrets.token_hex(16)
-        entry = {
+        entry: dict[str, Any] = {
             "expires": time.time() + self.lifetime,
             "principal": principal,
             "request": request,
@@ -47,7 +47,10 @@ class ManifestStore:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 json.dump(entry, out)
-            os.replace(tmp, self.directory / f"{ident}{_SUFFIX}")
+            path = self.directory / f"{ident}{_SUFFIX}"
+            os.replace(tmp, path)
+            expires = entry["expires"]
+            os.utime(path, (expires, expires))  # the sweep reads each entry's own expiry here
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -74,10 +77,12 @@ class ManifestStore:
         return request
 
     def _sweep(self) -> None:
+        """Removes expired entries, each by its own expiry (its modification time): gateways
+        with other lifetimes may share the directory."""
         now = time.time()
         for path in self.directory.glob(f"*{_SUFFIX}"):
             with contextlib.suppress(OSError, ValueError):
-                if path.stat().st_mtime + self.lifetime < now:
+                if path.stat().st_mtime <= now:
                     path.unlink()
 
 

@@ -3,6 +3,8 @@ public URLs, connector selection and response helpers."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import logging
 import re
@@ -80,11 +82,28 @@ def warning_values(texts: Iterable[str]) -> list[str]:
     return values
 
 
+#: JSON bodies smaller than this are sent as they are (gzip would gain little)
+GZIP_FROM = 1024
+
+
 def json_response(body: Any, mimetype: str, warnings: Sequence[str] = ()) -> Response:
+    """A JSON answer with an ETag (RFC 9110 8.8.3: a hash of the body, one per content
+    coding), a 304 when `If-None-Match` names it (RFC 9110 13.1.2), and gzip when the client
+    accepts it."""
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    response = Response(data, mimetype=mimetype)
+    tag = hashlib.sha256(data).hexdigest()[:32]
+    response = Response(mimetype=mimetype)
+    response.vary.add("Accept-Encoding")
+    if len(data) >= GZIP_FROM and request.accept_encodings["gzip"]:
+        response.set_data(gzip.compress(data, compresslevel=5))
+        response.headers["Content-Encoding"] = "gzip"
+        tag += "-gzip"
+    else:
+        response.set_data(data)
+    response.set_etag(tag)
     for value in warning_values(warnings):
         response.headers.add("Warning", value)
+    response.make_conditional(request)
     return response
 
 
@@ -106,7 +125,7 @@ def install(app: Flask) -> None:
         if exc.connector is not None:
             for name in exc.connector.split(", "):
                 gateway().metrics.connector_failed(name, exc.status)
-        return _error_response(exc.status, exc.to_json())
+        return _error_response(exc.status, exc.to_json(), exc.headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

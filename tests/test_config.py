@@ -746,3 +746,34 @@ def test_c_move_needs_a_storage_scp() -> None:
 ])
 def test_storage_scp_errors_name_the_key(block: dict[str, Any], expected: str) -> None:
     assert errors_of(change(base(), SCP, block)) == [expected]
+
+
+# -- Weasis direct mode needs the archive's own endpoint ---------------------------------------
+
+DIRECT_WADO = {"authentication": {"type": "BASIC", "basic": {
+    "login": "w", "password": "p", "server": {"url": "http://127.0.0.1", "context": "/wado"}}}}
+
+
+@pytest.mark.parametrize(
+    ("connector", "wado", "message"),
+    [
+        ("db", None, "Needs db-connector.wado "),
+        ("db", DIRECT_WADO | {"protocol": "WADO-RS"}, "Needs db-connector.wado with protocol WADO-URI"),
+    ],
+)
+def test_weasis_direct_mode_needs_a_wado_endpoint(connector: str, wado: Any, message: str) -> None:
+    data = change(base(), f"connector.config.{connector}.weasis.direct", True)
+    if wado is not None:
+        change(data, f"connector.config.{connector}.db-connector.wado", wado)
+    errors = errors_of(data)
+    assert len(errors) == 1
+    assert errors[0].startswith(f"connector.config.{connector}.weasis.direct: {message}")
+
+
+def test_weasis_direct_mode_with_a_wado_endpoint_loads() -> None:
+    data = change(base(), "connector.config.dimse.weasis.direct", True)  # base() has its wado
+    assert load(data).connector("dimse").weasis.direct is True
+    assert load(base()).connector("dimse").weasis.direct is False
+    # a DICOM_WEB connector without wado-rs retrieves, and is reached directly, through qido-rs
+    web = load(change(base(), "connector.config.web.weasis.direct", True)).connector("web")
+    assert web.dicom_web is not None and web.dicom_web.wado_rs == web.dicom_web.qido_rs

@@ -226,7 +226,8 @@ def _load(data: Any, env: Mapping[str, str], extra_oidc: dict[str, dict[str, Any
     options: s.GatewayOptions = loaded.get("gateway") or s.GatewayOptions()
     block = loaded.get("connector") or {}
     connectors = tuple(
-        _connector(cid, c, options.timeouts) for cid, c in block.get("config", {}).items()
+        _connector(cid, c, options.timeouts, options.cache.bounds)
+        for cid, c in block.get("config", {}).items()
     )
     if not connectors and options.demo_archive is None:
         raise ConfigError([("connector.config", MISSING_CONNECTOR)])
@@ -243,9 +244,13 @@ def _load(data: Any, env: Mapping[str, str], extra_oidc: dict[str, dict[str, Any
     )
 
 
-def _connector(cid: str, data: dict[str, Any], timeouts: s.Timeouts) -> s.ConnectorSettings:
+def _connector(
+    cid: str, data: dict[str, Any], timeouts: s.Timeouts, cache: s.CacheBounds
+) -> s.ConnectorSettings:
     values = _present(data)
     values["timeouts"] = replace(timeouts, **values.get("timeouts", {}))
+    if "cache" in values:  # merged over gateway.cache's bounds; absent: those bounds
+        values["cache"] = replace(cache, **values["cache"])
     return s.ConnectorSettings(id=cid, **values)
 
 
@@ -278,6 +283,8 @@ def _direct_needs_wado(connectors: Sequence[s.ConnectorSettings]) -> None:
             missing.append((c.id, "dicom-connector.wado"))
         elif c.db is not None and c.db.wado is None:
             missing.append((c.id, "db-connector.wado"))
+        elif c.db is not None and c.db.wado_protocol != "WADO-URI":
+            missing.append((c.id, "db-connector.wado with protocol WADO-URI"))
     if missing:
         raise ConfigError(
             [

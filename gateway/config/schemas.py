@@ -186,6 +186,15 @@ class TimeoutsSchema(Block):
     acse, dimse, network = Seconds(), Seconds(), Seconds()
 
 
+class CacheBoundsSchema(Block):
+    ttl = fields.Float(validate=validate.Range(min=0))
+    max_bytes = Int(data_key="max-bytes", validate=validate.Range(min=0))
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        return data  # merged over gateway.cache's bounds by the loader
+
+
 class ManifestSchema(Block):
     transfer_syntax_uid = Text(data_key="transfer-syntax-uid", validate=ts_uid)
     compression_rate = Int(data_key="compressionRate", validate=validate.Range(min=0, max=100))
@@ -358,6 +367,7 @@ class ConnectorSchema(Block):
     deactivated = fields.Nested(SearchCriteriaSchema, data_key="search-criteria")
     weasis = fields.Nested(WeasisSchema)
     timeouts = fields.Nested(TimeoutsSchema)
+    cache = fields.Nested(CacheBoundsSchema)  # gateway addition
     db = fields.Nested(DbSchema, data_key="db-connector")
     dicom = fields.Nested(DicomSchema, data_key="dicom-connector")
     dicom_web = fields.Nested(DicomWebSchema, data_key="dicom-web-connector")
@@ -424,6 +434,11 @@ def _listen_host(value: str) -> None:
             raise ValidationError("Not an IP address or a host name.") from None
 
 
+def _redis_url(value: str) -> None:
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValidationError("Must be a redis://, rediss:// or unix:// URL.")
+
+
 def _absolute(value: str) -> None:
     if not value.startswith("/"):
         raise ValidationError("Must be an absolute path.")
@@ -450,6 +465,27 @@ class StorageScpSchema(Block):
         return s.StorageScpOptions(**data)
 
 
+class CacheSchema(Block):
+    """`gateway.cache`: the metadata cache (see `settings.CacheOptions`)."""
+
+    backend = Choice(("memory", "redis"), fold=str.lower)
+    redis_url = Text(data_key="redis-url", validate=_redis_url)
+    key_prefix = Text(data_key="key-prefix", validate=validate.Length(min=1, max=100))
+    ttl = fields.Float(validate=validate.Range(min=0))
+    max_bytes = Int(data_key="max-bytes", validate=validate.Range(min=0))
+    admin_token = Secret(data_key="admin-token", validate=validate.Length(min=16))
+
+    @validates_schema
+    def _redis_needs_url(self, data: dict[str, Any], **kw: Any) -> None:
+        if data.get("backend") == "redis" and not data.get("redis_url"):
+            raise ValidationError({"redis-url": ["Required when backend is redis."]})
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kw: Any) -> s.CacheOptions:
+        bounds = {k: data.pop(k) for k in ("ttl", "max_bytes") if k in data}
+        return s.CacheOptions(**data, bounds=s.CacheBounds(**bounds))
+
+
 class WeasisOptionsSchema(Block):
     """`gateway.weasis`: where and how long the manifests `/weasis/launch` links to are kept."""
 
@@ -469,6 +505,7 @@ class GatewaySchema(Block):
     demo_archive = fields.Nested(DemoSchema, data_key="demo-archive")
     storage_scp = fields.Nested(StorageScpSchema, data_key="storage-scp")
     weasis = fields.Nested(WeasisOptionsSchema)
+    cache = fields.Nested(CacheSchema)
 
     @post_load
     def _make(self, data: dict[str, Any], **kw: Any) -> s.GatewayOptions:

@@ -74,7 +74,9 @@ def _launch(iid: bool) -> Response:
     link = weasis_url(manifest_url, pro, arg, cdb)
     body = launch_page(link, manifest_url)
     if page:
-        return Response(body, mimetype="text/html")
+        shown = Response(body, mimetype="text/html")
+        shown.headers["Cache-Control"] = "no-store"
+        return shown
     response = _SchemeRedirect(body, status=302, mimetype="text/html")
     response.location_value = link
     response.headers["Cache-Control"] = "no-store"

@@ -123,3 +123,42 @@ def test_launch_answers_head_as_iid_clients_probe(client: FlaskClient) -> None:
 def test_malformed_and_unknown_manifest_ids_are_404(client: FlaskClient) -> None:
     for ident in ("../../etc/passwd", "ABCDEF" * 6, "0" * 31, "g" * 32):
         assert client.get(f"/weasis/manifest/{ident}").status_code == 404
+
+
+def test_identifiers_are_a_union_whole_studies_included(client: FlaskClient) -> None:
+    """studyUID brings the whole study even when an objectUID inside it is asked too (the
+    objectUID alone brings that instance only)."""
+    sc, sc_jpeg = INDEX["SC_rgb_rle.dcm"], INDEX["SC_rgb_jpeg_dcmtk.dcm"]  # one study, one series
+    both = sorted([sc["SOPInstanceUID"], sc_jpeg["SOPInstanceUID"]])
+    alone = manifest(client, f"objectUID={sc['SOPInstanceUID']}")
+    assert [i.get("SOPInstanceUID") for i in alone.iter(f"{NS}Instance")] == [sc["SOPInstanceUID"]]
+    for query in (f"studyUID={sc['StudyInstanceUID']}&objectUID={sc['SOPInstanceUID']}",
+                  f"patientID={sc['PatientID']}&objectUID={sc['SOPInstanceUID']}",
+                  f"objectUID={sc['SOPInstanceUID']}&seriesUID={sc['SeriesInstanceUID']}"):
+        root = manifest(client, query)
+        assert sorted(i.get("SOPInstanceUID") for i in root.iter(f"{NS}Instance")) == both, query
+
+
+def test_an_issuer_the_archive_cannot_match_is_a_warning(client: FlaskClient) -> None:
+    """The demo index has no IssuerOfPatientID column: the connector cannot match the issuer,
+    so the studies of patient 204 come back whatever their issuer, and the manifest says so."""
+    root = manifest(client, "patientID=204^^^HOSP-A")
+    assert sorted(studies(root)) == sorted([YBR["StudyInstanceUID"], COLOR3D["StudyInstanceUID"]])
+    assert severities(root) == ["WARN"]
+    message = next(root.iter(f"{NS}Message"))
+    assert "IssuerOfPatientID" in message.get("description", "")
+
+
+def test_studies_without_a_patient_id_are_not_merged(client: FlaskClient) -> None:
+    first, second = INDEX["emri_small.dcm"], INDEX["JPGLosslessP14SV1_1s_1f_8b.dcm"]
+    assert first["PatientID"] == second["PatientID"] == ""  # as the sample files are
+    root = manifest(client, f"studyUID={first['StudyInstanceUID']},{second['StudyInstanceUID']}")
+    patients = root.findall(f"{NS}arcQuery/{NS}Patient")
+    assert len(patients) == 2
+    assert sorted(s.get("StudyInstanceUID") for p in patients for s in p) == sorted(
+        [first["StudyInstanceUID"], second["StudyInstanceUID"]])
+
+
+def test_the_html_launch_page_is_not_cached(client: FlaskClient) -> None:
+    page = client.get(f"/weasis/launch?studyUID={CT['StudyInstanceUID']}&page=html")
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
