@@ -179,6 +179,9 @@ class Dimse:
     query_model: QueryModel = "auto"
     max_associations: int = 4
     max_pdu: int = 0
+    #: seconds an association that served a search stays open for the next search (0: one
+    #: association per request); idle ones count against `max_associations`
+    reuse_seconds: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -316,6 +316,7 @@ class DimseSchema(Block):
     )
     max_associations = Int(data_key="max-associations", validate=validate.Range(min=1))
     max_pdu = Int(data_key="max-pdu", validate=validate.Range(min=0, max=0xFFFFFFFF))
+    reuse_seconds = fields.Float(data_key="reuse-seconds", validate=validate.Range(min=0, max=600))
 
     @validates_schema
     def _client_key(self, data: dict[str, Any], **kw: Any) -> None:

@@ -88,7 +88,7 @@ class DimseConnector:
         link = self._ready_link()
         with (
             boundary(self.id, "C-FIND"),
-            link.session([build_context(FIND_MODEL)], deadline=deadline) as session,
+            link.session([build_context(FIND_MODEL)], deadline=deadline, reusable=True) as session,
         ):
             session.require(FIND_MODEL, "the Study Root C-FIND model")
             yield session
@@ -232,4 +232,5 @@ class DimseConnector:
                 raise ConnectorError(f"C-ECHO failed: {status_text(code)}", self.id)
 
     def close(self) -> None:
-        """Nothing is held between requests."""
+        """Releases the associations kept open for the next search."""
+        self.link.close()

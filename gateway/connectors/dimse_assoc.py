@@ -150,20 +150,39 @@ class Session:
 
 
 @dataclass
+class _Idle:
+    """An association kept open after a search, for the next one."""
+
+    assoc: Association
+    key: tuple[str, ...]
+    msg_id: int
+    since: float
+
+
+@dataclass
 class Link:
-    """How to reach one PACS. Nothing here opens a socket until `session()` is entered."""
+    """How to reach one PACS. Nothing here opens a socket until `session()` is entered.
+
+    Searches reuse associations: one that served a search stays open `dimse.reuse-seconds`
+    for the next search proposing the same contexts (PS3.8 7.1: an association carries any
+    number of operations). Idle associations count against `max-associations`; a request that
+    finds every slot taken, some by idle associations, closes one and takes its slot."""
 
     connector: str
     dimse: Dimse
     timeouts: Timeouts
     tls: ssl.SSLContext | None = None
-    slots: threading.BoundedSemaphore = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.slots = threading.BoundedSemaphore(max(1, self.dimse.max_associations))
+    _busy: int = field(init=False, default=0)  # associations open: in use and idle
+    _idle: list[_Idle] = field(init=False, default_factory=list)
+    _cond: threading.Condition = field(init=False, default_factory=threading.Condition)
+    _reaper: threading.Thread | None = field(init=False, default=None)
 
     def deadline(self) -> float:
         return time.monotonic() + self.timeouts.request
+
+    @property
+    def limit(self) -> int:
+        return max(1, self.dimse.max_associations)
 
     @contextlib.contextmanager
     def session(
@@ -174,21 +193,22 @@ class Link:
         roles: Sequence[Any] = (),
         handlers: Sequence[Handler] = (),
         bounded: bool = True,
+        reusable: bool = False,
     ) -> Iterator[Session]:
         """An association proposing `contexts` (and SCP/SCU `roles`), held within the
         connector's limit of concurrent associations. Waiting for a free slot and setting up
-        the association are bounded by `deadline`; so is the whole session when `bounded`."""
-        if not self.slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise ConnectorTimeout(
-                f"no free association (max-associations {self.dimse.max_associations}) "
-                "within the request time-out",
-                self.connector,
-            )
+        the association are bounded by `deadline`; so is the whole session when `bounded`.
+        A `reusable` session (a search) may get an idle association and leave its own idle."""
+        key = tuple(str(cx.abstract_syntax) for cx in contexts)
+        reuse = reusable and self.dimse.reuse_seconds > 0
+        idle = self._acquire(key if reuse else None, deadline)
+        kept = False
         try:
-            assoc = self._associate(contexts, roles, handlers, deadline)
+            assoc = idle.assoc if idle else self._associate(contexts, roles, handlers, deadline)
             session = Session(
                 assoc, self.connector, self.timeouts.dimse, deadline if bounded else None
             )
+            session._msg_id = idle.msg_id if idle else 0
             timer = self._watchdog(session)
             graceful = False
             try:
@@ -200,9 +220,92 @@ class Link:
             finally:
                 if timer is not None:
                     timer.cancel()
-                _close(session, graceful)
+                if reuse and graceful and assoc.is_established and not session.expired.is_set():
+                    self._keep(_Idle(assoc, key, session._msg_id, time.monotonic()))
+                    kept = True
+                else:
+                    _close(session, graceful)
         finally:
-            self.slots.release()
+            if not kept:
+                self._free()
+
+    def _acquire(self, key: tuple[str, ...] | None, deadline: float) -> _Idle | None:
+        """A slot: with an idle association for `key` when there is a live one (returned),
+        else free for a new association (None). Waits, up to `deadline`, only while every
+        slot is in use by a request."""
+        with self._cond:
+            while True:
+                if key is not None:
+                    found = self._pop_idle(key)
+                    if found is not None:
+                        return found
+                if self._busy < self.limit:
+                    self._busy += 1
+                    return None
+                if self._idle:  # take the slot of the oldest idle association
+                    victim = self._idle.pop(0)
+                    break
+                if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())):
+                    raise ConnectorTimeout(
+                        f"no free association (max-associations {self.dimse.max_associations})"
+                        " within the request time-out",
+                        self.connector,
+                    )
+        _release(victim.assoc)  # closed before ours opens: the limit holds at the PACS too
+        return None
+
+    def _pop_idle(self, key: tuple[str, ...]) -> _Idle | None:
+        """(Lock held.) The youngest idle association for `key` that is still usable. One the
+        peer closed frees its slot here; one past `reuse-seconds` is left to the reaper."""
+        now = time.monotonic()
+        for idle in reversed(list(self._idle)):
+            if idle.key != key or now - idle.since >= self.dimse.reuse_seconds:
+                continue
+            self._idle.remove(idle)
+            if idle.assoc.is_established:
+                return idle
+            self._busy -= 1  # released or aborted by the PACS: nothing open there
+        return None
+
+    def _keep(self, idle: _Idle) -> None:
+        with self._cond:
+            self._idle.append(idle)
+            self._cond.notify()
+            if self._reaper is None:
+                self._reaper = threading.Thread(
+                    target=self._reap, name=f"dimse-idle-{self.connector}", daemon=True
+                )
+                self._reaper.start()
+
+    def _free(self) -> None:
+        with self._cond:
+            self._busy -= 1
+            self._cond.notify()
+
+    def _reap(self) -> None:
+        """Closes idle associations once they are `reuse-seconds` old; ends when none is left."""
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                expired = [i for i in self._idle if now - i.since >= self.dimse.reuse_seconds]
+                for idle in expired:
+                    self._idle.remove(idle)
+                if not self._idle and not expired:
+                    self._reaper = None
+                    return
+                oldest = min((i.since for i in self._idle), default=now)
+            for idle in expired:
+                _release(idle.assoc)
+                self._free()
+            time.sleep(min(1.0, max(0.02, oldest + self.dimse.reuse_seconds - time.monotonic())))
+
+    def close(self) -> None:
+        """Releases every idle association (the connector is closing)."""
+        with self._cond:
+            idle, self._idle = self._idle, []
+        for item in idle:
+            _release(item.assoc)
+            self._free()
 
     def _watchdog(self, session: Session) -> threading.Timer | None:
         if session.deadline is None:
@@ -278,6 +381,16 @@ class Link:
         return ConnectorTimeout(
             f"no association response from {where} within the ACSE time-out", self.connector
         )
+
+
+def _release(assoc: Association) -> None:
+    """A-RELEASE an association no request uses; A-ABORT it if that fails."""
+    with contextlib.suppress(Exception):
+        if assoc.is_established:
+            assoc.release()
+    with contextlib.suppress(Exception):
+        if assoc.is_established:
+            assoc.abort()
 
 
 def _close(session: Session, graceful: bool) -> None:
