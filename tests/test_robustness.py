@@ -1067,8 +1067,9 @@ def test_a_client_hanging_up_aborts_the_c_get() -> None:
         )
         assert closed and sops_of(got) == sorted(str(ds.SOPInstanceUID) for ds in datasets)
         # the locating C-FIND is answered from the metadata cache this time; the C-FIND for
-        # the series' SOP classes and the C-GET each end with a release
-        assert wait_for(lambda: scp.releases == released + 2, 5) and scp.aborted == 1
+        # the series' SOP classes (kept open dimse.reuse-seconds, 5 s, for the next search)
+        # and the C-GET each end with a release
+        assert wait_for(lambda: scp.releases == released + 2, 10) and scp.aborted == 1
 
 
 def test_a_client_hanging_up_closes_the_upstream_connection() -> None:
