@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from pydicom.datadict import keyword_for_tag
@@ -54,10 +54,17 @@ class Retrieval:
 
     parts: Iterator[Part10]
     warnings: list[str] = field(default_factory=list)
+    reader: Prefetch[Part10] | None = None
 
     @property
     def partial(self) -> bool:
         return bool(self.warnings)
+
+    def close(self) -> None:
+        """Stops reading the archive: for a response whose body is never iterated (HEAD, a
+        client gone before the first part), the WSGI server's close() lands here."""
+        if self.reader is not None:
+            self.reader.close()
 
 
 #: How much of a multi-object retrieval is read before the response starts, so that a
@@ -120,10 +127,17 @@ class Engine:
         if errors and not results:
             raise AllConnectorsFailed(errors)
         answer.warnings.extend(f"connector {e.connector} failed: {e.message}" for e in errors)
-        merged = _merge(query, results, answer.warnings)
         paged_by_connector = single and not any(r.unmatched for _, r in results)
+        more = False
+        if paged_by_connector and results:
+            # the page is the connector's first `limit` answers, whatever is left out of them
+            # below (an answer without valid UIDs): "more" is the connector's to say
+            cid, result = results[0]
+            more = len(result.datasets) > limit or not result.complete
+            results = [(cid, replace(result, datasets=result.datasets[:limit]))]
+        merged = _merge(query, results, answer.warnings)
         skip = 0 if paged_by_connector else query.offset
-        if len(merged) > skip + limit:
+        if more or len(merged) > skip + limit:
             answer.warnings.append("There are additional results that can be requested")
         scoped_study = _scoped(query, STUDY_UID)
         scoped_series = _scoped(query, SERIES_UID)
@@ -267,7 +281,7 @@ class Engine:
         except BaseException:
             reader.close()
             raise
-        return Retrieval(_resume(ahead, reader))
+        return Retrieval(_resume(ahead, reader), reader=reader)
 
 
 def _resume(ahead: list[Part10], rest: Prefetch[Part10]) -> Iterator[Part10]:

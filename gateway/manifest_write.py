@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .query import is_uid
+
 if TYPE_CHECKING:
     from .manifest import ArcQuery, Instance, Manifest, Patient, Series, Study
 
@@ -40,6 +42,7 @@ _CHECKS: dict[str, Callable[[str], object]] = {
     "SeriesNumber": _IS.fullmatch,
     "InstanceNumber": _IS.fullmatch,
     "PatientSex": lambda v: v in ("M", "F", "O"),
+    "SOPClassUID": is_uid,  # the other UIDs are the tree's keys, checked by the engine
 }
 #: Written even when empty (required by the format).
 _REQUIRED = {"PatientID", "PatientName", "arcId", "baseUrl", "key", "value"}

@@ -82,7 +82,7 @@ UID_OF_LEVEL = {Level.STUDY: STUDY_UID, Level.SERIES: SERIES_UID, Level.IMAGE: S
 
 def is_uid(value: str) -> bool:
     """PS3.5 9.1: digits and dots, at most 64 characters (leading zeros are tolerated)."""
-    return len(value) <= 64 and UID_RE.match(value) is not None
+    return len(value) <= 64 and UID_RE.fullmatch(value) is not None
 
 
 def check_uid(value: str, name: str) -> str:
@@ -148,7 +148,7 @@ class SearchQuery:
 
 def parse_tag(name: str, parameter: str) -> int:
     """A keyword (`PatientName`) or 8 hex digits (`00100010`) -> tag number (PS3.18 8.3.4.1)."""
-    if _TAG_RE.match(name):
+    if _TAG_RE.fullmatch(name):
         tag = int(name, 16)
         if keyword_for_tag(tag):
             return tag

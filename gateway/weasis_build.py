@@ -41,6 +41,8 @@ STUDY_FIELDS = (
 )  # fmt: skip
 SERIES_FIELDS = (0x0020000D, 0x0020000E, 0x0008103E, 0x00200011, 0x00080060, 0x00080021, 0x00080031)
 INSTANCE_FIELDS = (0x0020000D, 0x0020000E, 0x00080018, 0x00080016, 0x00200013)
+#: studies of one connector expanded at once (each: a series query and an instance query)
+EXPAND_WORKERS = 4
 #: the most answers one follow-up query may bring (a series of 50,000 instances is rare)
 MAX_ANSWERS = 50_000
 
@@ -84,6 +86,7 @@ class ManifestBuilder:
         settings = self.settings.connector(cid)
         arc = self._arc(settings, root)
         try:
+            self._authorize(arc, settings)
             found = self._find(request, settings, root)
         except ConnectorError as exc:
             log.warning("weasis manifest: connector %s failed: %s", cid, exc.message)
@@ -119,9 +122,25 @@ class ManifestBuilder:
         return arc
 
     def _find(self, request: ManifestRequest, settings: ConnectorSettings, root: str) -> _Found:
-        depth = self._depth(settings)
-        ask = _Asker(self.engine, settings.id, root)
+        """What the connector holds for `request`, within one `timeouts.request` for all its
+        queries: past it, what was found by then, with a warning."""
+        ask = _Asker(self.engine, settings.id, root, time.monotonic() + settings.timeouts.request)
         found = _Found()
+        try:
+            self._search(request, settings, ask, found)
+        except _OutOfTime:
+            ask.warnings.append(
+                f"the archive's answers took longer than {settings.timeouts.request:g} s "
+                "(timeouts.request); the manifest lists what had come by then"
+            )
+        found.truncated = ask.truncated
+        found.warnings = ask.warnings
+        return found
+
+    def _search(
+        self, request: ManifestRequest, settings: ConnectorSettings, ask: _Asker, found: _Found
+    ) -> None:
+        depth = self._depth(settings)
         deactivated = settings.deactivated
         if request.object_uids and "SOP_INSTANCE_UID" not in deactivated:
             for inst in ask(Level.IMAGE, [_list(SOP_UID, request.object_uids)], INSTANCE_FIELDS):
@@ -146,17 +165,20 @@ class ManifestBuilder:
                 matches = [Match(PATIENT_ID, "single", (pid,))]
                 if issuer:
                     matches.append(Match(ISSUER, "single", (issuer,)))
-                studies += ask(Level.STUDY, matches, STUDY_FIELDS)
-        expanded: set[str] = set()
+                # an archive that ignores the issuer key may answer another issuer's patient
+                studies += [s for s in ask(Level.STUDY, matches, STUDY_FIELDS)
+                            if not issuer or _text(s, ISSUER) in ("", issuer)]  # fmt: skip
+        whole: list[str] = []
         for study in studies:  # whole studies, even one an objectUID or seriesUID brought in
             uid = _uid(study, STUDY_UID)
             found.studies.setdefault(uid, study)
-            if uid not in expanded and depth in ("SERIES", "IMAGE"):
-                expanded.add(uid)
-                self._expand(ask, found, uid, depth)
-        found.truncated = ask.truncated
-        found.warnings = ask.warnings
-        return found
+            if uid not in whole:
+                whole.append(uid)
+        if depth in ("SERIES", "IMAGE") and whole:
+            with cf.ThreadPoolExecutor(min(EXPAND_WORKERS, len(whole))) as pool:
+                done = [pool.submit(self._expand, ask, found, uid, depth) for uid in whole]
+            for future in done:
+                future.result()  # _OutOfTime or a connector's failure, raised here
 
     def _depth(self, settings: ConnectorSettings) -> str:
         limit = self.settings.dicom_web_level_limit
@@ -215,12 +237,16 @@ class ManifestBuilder:
         if auth.type == "BASIC" and auth.basic is not None:
             pair = f"{auth.basic.login}:{auth.basic.password}".encode()
             arc.web_login = base64.b64encode(pair).decode("ascii")
-        elif auth.type == "OAUTH2":
-            token = self._token_source(settings).bearer_token(
-                time.monotonic() + settings.timeouts.request
-            )
-            arc.http_tags = (*arc.http_tags, ("Authorization", f"Bearer {token}"))
         return arc
+
+    def _authorize(self, arc: ArcQuery, settings: ConnectorSettings) -> None:
+        """Direct mode with OAUTH2: a client-credentials token for Weasis, as an httpTag."""
+        if not settings.weasis.direct or _wado_block(settings).type != "OAUTH2":
+            return
+        token = self._token_source(settings).bearer_token(
+            time.monotonic() + settings.timeouts.request
+        )
+        arc.http_tags = (*arc.http_tags, ("Authorization", f"Bearer {token}"))
 
     def _token_source(self, settings: ConnectorSettings) -> Upstream:
         with self._lock:
@@ -231,11 +257,15 @@ class ManifestBuilder:
             return self._tokens[settings.id]
 
 
+class _OutOfTime(Exception):
+    """The connector's time for this manifest is over."""
+
+
 class _Asker:
     """One connector's searches, paged to the end (at most MAX_ANSWERS answers each)."""
 
-    def __init__(self, engine: Engine, cid: str, root: str) -> None:
-        self.engine, self.cid, self.root = engine, cid, root
+    def __init__(self, engine: Engine, cid: str, root: str, deadline: float) -> None:
+        self.engine, self.cid, self.root, self.deadline = engine, cid, root, deadline
         self.page = 1000
         self.truncated = False
         self.warnings: list[str] = []
@@ -246,6 +276,8 @@ class _Asker:
         out: list[JsonDataset] = []
         offset = 0
         while True:
+            if time.monotonic() >= self.deadline:
+                raise _OutOfTime
             query = SearchQuery(level, tuple(matches), fields, limit=self.page, offset=offset)
             # the criteria were checked against `deactivated` before asking
             answer = self.engine.search(query, [self.cid], self.root + "/dicomweb", follow_up=True)
@@ -311,6 +343,12 @@ def _wado_block(settings: ConnectorSettings) -> Authentication:
 
 def _list(tag: int, values: tuple[str, ...]) -> Match:
     return Match(tag, "list" if len(values) > 1 else "single", tuple(values))
+
+
+def _text(data: JsonDataset, tag: int) -> str:
+    element = data.get(f"{tag:08X}") or {}
+    values = element.get("Value") or [""]
+    return str(values[0]).strip()
 
 
 def _uid(data: JsonDataset, tag: int) -> str:

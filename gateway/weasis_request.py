@@ -184,7 +184,7 @@ def _uids(args: Mapping[str, Sequence[str]], name: str) -> tuple[str, ...]:
 def _parse_datetime(value: str, name: str, upper: bool) -> datetime.datetime:
     """One bound; `upper` extends it to the end of the last unit given (day, minute, second,
     or the fraction's last digit), so that both bounds are inclusive."""
-    match = None if len(value) > 32 else _ISO_RE.match(value) or _DICOM_RE.match(value)
+    match = None if len(value) > 32 else _ISO_RE.fullmatch(value) or _DICOM_RE.fullmatch(value)
     if match is None:
         raise BadRequest(f"{name} must be one of {_DATE_FORMS}", parameter=name)
     groups = match.groups() + (None,) * (7 - len(match.groups()))
@@ -231,7 +231,7 @@ def _most_recent(args: Mapping[str, Sequence[str]]) -> int | None:
 
 def _filters(args: Mapping[str, Sequence[str]]) -> Filters:
     modalities = tuple(dict.fromkeys(m.upper() for m in _items(args, "modalitiesInStudy")))
-    if not all(_CS_RE.match(m) for m in modalities):
+    if not all(_CS_RE.fullmatch(m) for m in modalities):
         raise BadRequest(
             "modalitiesInStudy values must be DICOM modality codes (CS, PS3.5 6.2)",
             parameter="modalitiesInStudy",
@@ -329,12 +329,13 @@ def parse_manifest_request(args: Mapping[str, Sequence[str]], iid: bool = False)
 
 def _check_launch(value: str, name: str) -> str:
     """A value written between double quotes in a Weasis command: no double quote, no control
-    character, no trailing backslash (it would escape the closing quote), bounded length."""
+    character, no trailing backslash (it would escape the closing quote), no `$` (Weasis splits
+    a weasis:// link into commands at every `$`, quoted or not), bounded length."""
     if len(value) > MAX_LAUNCH_VALUE:
         raise BadRequest(f"{name} is longer than {MAX_LAUNCH_VALUE} characters", parameter=name)
-    if '"' in value or _has_control(value) or value.endswith("\\"):
+    if '"' in value or "$" in value or _has_control(value) or value.endswith("\\"):
         raise BadRequest(
-            f"{name} must not contain a double quote or control characters, "
+            f"{name} must not contain a double quote, a $ or control characters, "
             "nor end with a backslash",
             parameter=name,
         )

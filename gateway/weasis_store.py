@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -19,7 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-_ID = re.compile(r"^[0-9a-f]{32}$")
+from .errors import GatewayError
+
+log = logging.getLogger("gateway.weasis")
+
+
+class Unavailable(GatewayError):
+    status = 503
+
+
+_ID = re.compile(r"[0-9a-f]{32}")
 _SUFFIX = ".json"
 
 
@@ -27,6 +37,9 @@ class ManifestStore:
     def __init__(self, directory: str | None, lifetime: float) -> None:
         self.lifetime = lifetime
         self.directory = Path(directory) if directory else _private_dir()
+        self._ensure_directory()
+
+    def _ensure_directory(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = self.directory.stat()
         if info.st_uid != os.getuid() or info.st_mode & 0o077:
@@ -35,22 +48,34 @@ class ManifestStore:
             )
 
     def put(self, request: dict[str, Any], principal: str | None = None) -> str:
-        """Stores `request` and returns its new id."""
+        """Stores `request` and returns its new id. The folder is made again if something
+        removed it (a temp-directory cleaner); a store that cannot write is a 503."""
         self._sweep()
-        ident = secrets.token_hex(16)
         entry: dict[str, Any] = {
             "expires": time.time() + self.lifetime,
             "principal": principal,
             "request": request,
         }
+        try:
+            try:
+                return self._write(entry)
+            except FileNotFoundError:
+                self._ensure_directory()
+                return self._write(entry)
+        except OSError as exc:
+            log.warning("weasis manifest store: cannot write (%s)", type(exc).__name__)
+            raise Unavailable("the manifest store cannot keep the launch now") from exc
+
+    def _write(self, entry: dict[str, Any]) -> str:
+        ident = secrets.token_hex(16)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 json.dump(entry, out)
-            path = self.directory / f"{ident}{_SUFFIX}"
-            os.replace(tmp, path)
-            expires = entry["expires"]
-            os.utime(path, (expires, expires))  # the sweep reads each entry's own expiry here
+            # the expiry as modification time, set before the entry is visible: the sweep of a
+            # concurrent launch reads it there (a rename keeps it)
+            os.utime(tmp, (entry["expires"], entry["expires"]))
+            os.replace(tmp, self.directory / f"{ident}{_SUFFIX}")
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -60,7 +85,7 @@ class ManifestStore:
     def get(self, ident: str, principal: str | None = None) -> dict[str, Any] | None:
         """The entry, or None when `ident` is malformed, unknown, expired or another
         principal's (all alike to the caller: a 404)."""
-        if not _ID.match(ident):
+        if not _ID.fullmatch(ident):
             return None
         path = self.directory / f"{ident}{_SUFFIX}"
         try:

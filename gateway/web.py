@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 #: RFC 9110 7.2 / RFC 3986 3.2.2: a reg-name or an IP literal, and an optional port.
+#: a path prefix the gateway's URLs may carry: segments of unreserved characters (RFC 3986)
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)*/?$")
 _HOST = re.compile(r"^([A-Za-z0-9._~-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?$")
 
 
@@ -62,6 +64,8 @@ def public_root() -> str:
         return configured.rstrip("/")
     if not _HOST.match(request.host):
         raise BadRequest("the Host header is not a valid host[:port]", parameter="Host")
+    if not _PREFIX.match(request.script_root):  # X-Forwarded-Prefix, when a proxy is trusted
+        raise BadRequest("the path prefix is not a plain path", parameter="X-Forwarded-Prefix")
     try:
         return request.url_root.rstrip("/")
     except ValueError as exc:  # werkzeug refuses a port out of range

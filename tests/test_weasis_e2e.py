@@ -296,15 +296,19 @@ def test_level_limit_truncates_dicom_web_manifests_only(limited: tuple[str, Serv
 
 
 def test_launch_passes_weasis_config_and_offers_a_page(gateway: Served) -> None:
-    query = f"studyUID={CT['StudyInstanceUID']}&pro=weasis.theme%20dark&arg=%24dicom%3Aclose&cdb="
+    query = f"studyUID={CT['StudyInstanceUID']}&pro=weasis.theme%20dark&arg=dicom%3Aclose&cdb="
     response = requests.get(f"{gateway.url}/weasis/launch?{query}", allow_redirects=False, timeout=30)
     command = unquote(response.headers["Location"][len("weasis://?"):])
     manifest_url = command.split('"')[1]
     assert command == (f'$dicom:get -w "{manifest_url}" $weasis:config cdb="" '
-                       'pro="weasis.theme dark" arg="$dicom:close"')
+                       'pro="weasis.theme dark" arg="dicom:close"')
     page = requests.get(f"{gateway.url}/weasis/launch?{query}&page=html", timeout=30)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     assert 'href="weasis://?' in page.text and "/weasis/manifest/" in page.text
+    # a $ would start a Weasis command of its own (Weasis splits the link at every $)
+    refused = requests.get(f"{gateway.url}/weasis/launch?studyUID={CT['StudyInstanceUID']}"
+                           "&arg=%24dicom%3Aclose", allow_redirects=False, timeout=30)
+    assert refused.status_code == 400 and refused.json()["parameter"] == "arg"
 
 
 def test_stored_manifest_expires(orthanc_auth, orthanc, dcmqrscp, orthanc_pg, tmp_path: Path) -> None:

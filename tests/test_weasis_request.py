@@ -404,8 +404,8 @@ def test_to_dict_from_dict_round_trip():
         ({}, ((), (), None)),
         ({"studyUID": ["1.2"]}, ((), (), None)),
         (
-            {"pro": ["weasis.level.dir /tmp", "a b"], "arg": ["$dicom:close --all"], "cdb": [""]},
-            (("weasis.level.dir /tmp", "a b"), ("$dicom:close --all",), ""),
+            {"pro": ["weasis.level.dir /tmp", "a b"], "arg": ["dicom:close --all"], "cdb": [""]},
+            (("weasis.level.dir /tmp", "a b"), ("dicom:close --all",), ""),
         ),
         (
             {"pro": [""], "cdb": ["https://example.org/weasis"]},
@@ -424,6 +424,9 @@ def test_launch_parameters(args, expected):
     [
         ({"pro": ['a" $dicom:get -w "http://evil']}, "pro"),
         ({"arg": ["$cmd\nother"]}, "arg"),
+        # Weasis splits a weasis:// link into commands at every $, quoted or not
+        ({"arg": ["$dicom:close"]}, "arg"),
+        ({"cdb": ["http://x/$weasis:config"]}, "cdb"),
         ({"arg": ["$cmd\\"]}, "arg"),  # would escape the closing quote
         ({"cdb": ["a", "b"]}, "cdb"),
         ({"cdb": ['x"']}, "cdb"),

@@ -34,6 +34,7 @@ def retrieve(
     boundary = new_boundary()
     content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
     response = Response(encode(_parts(got.parts), boundary), content_type=content_type)
+    response.call_on_close(got.close)
     if got.partial:
         response.status_code = 206  # PS3.18 8.7: some of the requested instances are missing
         for value in warning_values(got.warnings):
