@@ -19,6 +19,7 @@ import json
 from collections.abc import Generator
 from typing import Any
 
+from . import jsoncodec
 from .cache_store import Flights, Namespace
 from .connectors.base import Capabilities, Connector, Part10, ResourceRef, SearchResult
 from .dicomjson import JsonDataset
@@ -130,11 +131,11 @@ def _digest(text: str) -> str:
 
 
 def _dump(datasets: list[JsonDataset]) -> bytes:
-    return json.dumps(datasets, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return jsoncodec.dumps(datasets)
 
 
 def _load(data: bytes) -> list[JsonDataset]:
-    loaded: list[JsonDataset] = json.loads(data)
+    loaded: list[JsonDataset] = jsoncodec.loads(data)
     return loaded
 
 
@@ -145,11 +146,11 @@ def _dump_result(result: SearchResult) -> bytes:
         "complete": result.complete,
         "warnings": list(result.warnings),
     }
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return jsoncodec.dumps(body)
 
 
 def _load_result(data: bytes) -> SearchResult:
-    body = json.loads(data)
+    body = jsoncodec.loads(data)
     return SearchResult(
         datasets=body["datasets"],
         unmatched=frozenset(body["unmatched"]),

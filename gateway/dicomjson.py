@@ -307,24 +307,26 @@ def _with_values(vr: str, values: list[Any]) -> dict[str, Any]:
 
 def normalise(data: Mapping[str, Any], drop_binary: bool = False) -> JsonDataset:
     """Fixes what other producers get wrong: lowercase keys, group lengths, a
-    SpecificCharacterSet that no longer applies, `Value: []` and `Value: [""]`."""
+    SpecificCharacterSet that no longer applies, `Value: []` and `Value: [""]`. The result
+    shares the attributes it does not change with `data`."""
     out: JsonDataset = {}
-    for raw_key in sorted(data, key=str.upper):
+    keys = list(data)
+    if any(not k.isupper() for k in keys) or keys != sorted(keys):
+        keys.sort(key=str.upper)  # most producers send them sorted, in upper case
+    for raw_key in keys:
         tag_key = raw_key.upper()
         if tag_key[4:] == "0000" or tag_key == "00080005":
             continue
-        attr = dict(data[raw_key])
+        attr = data[raw_key]  # shared, not copied: callers give a freshly decoded answer
         vr = attr.get("vr", "UN")
-        if drop_binary and vr in _BULK_VRS and "Value" not in attr:
-            continue
-        if "InlineBinary" in attr and drop_binary:
+        if drop_binary and (("Value" not in attr and vr in _BULK_VRS) or "InlineBinary" in attr):
             continue
         value = attr.get("Value")
         if value is not None:
             if vr == "SQ":
-                attr["Value"] = [normalise(item, drop_binary) for item in value]
-            elif all(v is None or v == "" for v in value):
-                del attr["Value"]
+                attr = {**attr, "Value": [normalise(item, drop_binary) for item in value]}
+            elif not value or (value[0] in (None, "") and all(v in (None, "") for v in value)):
+                attr = {k: v for k, v in attr.items() if k != "Value"}
         out[tag_key] = attr
     return out
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from . import jsoncodec
 from .connectors.base import ResourceRef
 from .errors import BadRequest, GatewayError, NotFound
 from .query import check_uid
@@ -94,12 +95,12 @@ def json_response(body: Any, mimetype: str, warnings: Sequence[str] = ()) -> Res
     """A JSON answer with an ETag (RFC 9110 8.8.3: a hash of the body, one per content
     coding), a 304 when `If-None-Match` names it (RFC 9110 13.1.2), and gzip when the client
     accepts it."""
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    data = jsoncodec.dumps(body)
     tag = hashlib.sha256(data).hexdigest()[:32]
     response = Response(mimetype=mimetype)
     response.vary.add("Accept-Encoding")
     if len(data) >= GZIP_FROM and request.accept_encodings["gzip"]:
-        response.set_data(gzip.compress(data, compresslevel=5))
+        response.set_data(gzip.compress(data, compresslevel=1))  # JSON shrinks well even so
         response.headers["Content-Encoding"] = "gzip"
         tag += "-gzip"
     else:

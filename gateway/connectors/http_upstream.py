@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
-import json
 import logging
 import threading
 import time
@@ -36,8 +35,10 @@ from requests.auth import AuthBase, HTTPBasicAuth
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
+from .. import jsoncodec
 from ..errors import ConnectorError, ConnectorTimeout, GatewayError, NotAcceptable
 from ..multipart import Part, iter_parts, parse_content_type
+from ..part10 import identify
 from ..settings import Authentication, OidcClient, Timeouts, WadoProtocol
 from .base import Part10, boundary
 
@@ -45,7 +46,7 @@ log = logging.getLogger("gateway.connectors.http_upstream")
 
 #: Renew an OAuth2 token this many seconds before it expires.
 TOKEN_LEEWAY = 30
-CHUNK_SIZE = 64 * 1024
+CHUNK_SIZE = 1024 * 1024
 POOL_SIZE = 16
 #: Largest JSON answer (one QIDO page or one metadata request) read into memory.
 MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -200,7 +201,7 @@ class Upstream:
             if len(body) > MAX_JSON_BYTES:
                 raise ConnectorError(f"{what}: upstream answer is too large", self.connector)
         with mapped(self.connector, what):
-            return json.loads(body) if body.strip() else None
+            return jsoncodec.loads(body) if body.strip() else None
 
     def close(self) -> None:
         self.session.close()
@@ -250,14 +251,24 @@ def mapped(connector: str, what: str) -> Iterator[None]:
 
 def part10_of(part: Part) -> Part10:
     """A decoded body part as Part10: the transfer syntax of its Content-Type parameter
-    (PS3.18 8.7.3.5.2) or else of its File Meta Information (PS3.10 7.1); the SOP Instance
-    UID of the data set (the meta's copy can disagree with it in real files)."""
+    (PS3.18 8.7.3.5.2) or else of its File Meta Information (PS3.10 7.1), and the SOP
+    Instance UID of the data set. Only the first bytes are read (a stream passes through
+    without its data sets being parsed); where they do not tell, pydicom reads the object."""
     syntax = ""
     if part.content_type:
         syntax = parse_content_type(part.content_type)[1].get("transfer-syntax", "")
+    known = identify(part.body)
+    if known is not None:
+        return Part10(part.body, syntax or known[0], known[1])
+    return _parsed(part.body, syntax)
+
+
+def _parsed(body: bytes, syntax: str) -> Part10:
+    """The transfer syntax and SOP Instance UID of the data set itself (the meta's copy can
+    disagree with it in real files), by pydicom."""
     try:
         ds = pydicom.dcmread(
-            io.BytesIO(part.body), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
+            io.BytesIO(body), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
         )
     except Exception as exc:
         raise ValueError("body part is not a DICOM Part 10 object") from exc
@@ -266,7 +277,7 @@ def part10_of(part: Part) -> Part10:
     if not syntax:
         raise ValueError("body part has no transfer syntax")
     sop = ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or ""
-    return Part10(part.body, syntax, str(sop))
+    return Part10(body, syntax, str(sop))
 
 
 # ---- one instance through WADO-URI or WADO-RS ------------------------------------------------

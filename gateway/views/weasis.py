@@ -12,13 +12,12 @@ Manifests are XML (manifest 2.5), or JSON when the Accept header prefers
 from __future__ import annotations
 
 import gzip
-import json
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
-from .. import manifest
+from .. import jsoncodec, manifest
 from ..errors import BadRequest, NotAcceptable, NotFound
 from ..weasis_request import (
     ManifestRequest,
@@ -103,7 +102,7 @@ def _manifest(wanted: ManifestRequest) -> Response:
         raise NotAcceptable("a manifest is application/xml or application/json")
     built = gateway().weasis.build(wanted, _connectors(wanted), public_root())
     if kind == _JSON:
-        body = json.dumps(manifest.to_json(built), ensure_ascii=False).encode("utf-8")
+        body = jsoncodec.dumps(manifest.to_json(built))
         mimetype = _JSON
     else:
         body, mimetype = manifest.to_xml(built), kind

@@ -368,10 +368,11 @@ def test_client_hang_up_cancels_and_stops_routing(tmp_path: Path, via: str) -> N
     datasets = one_series(10)
     try:
         with fake_for(owner, datasets) as fake:
-            stream = move_connector(fake.port, "FAKEMOVE", used).retrieve_instances(
-                ref_of(datasets[0]), "*")
+            conn = move_connector(fake.port, "FAKEMOVE", used)
+            stream = conn.retrieve_instances(ref_of(datasets[0]), "*")
             first = next(stream)
             stream.close()
+            conn.close()  # releases the C-FIND's association, kept for the next search
             assert first.sop_instance_uid == str(datasets[0].SOPInstanceUID)
             assert fake.wait_for(lambda: fake.moves_cancelled == 1)  # C-CANCEL honoured
             assert fake.wait_for(lambda: fake.open_now == 0)  # association closed
