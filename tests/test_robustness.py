@@ -48,6 +48,7 @@ from tests.robustness_servers import (
     Blackhole,
     Endless,
     PeakMeter,
+    established_to,
     ServedApp,
     Upstream,
     boundary_of,
@@ -1028,6 +1029,9 @@ def test_many_clients_at_once_get_what_one_gets(orthanc: Any, orthanc_gw: Served
     for (archive, uid), parts in single.items():  # one request alone is right to begin with
         assert sops_of(parts) == samples.instances_of(uid), archive
     searches = [(a, *s) for a in ("web", "dimse") for s in _expected_searches()] * 2
+    # other tests' gateways may still hold an association to this Orthanc for their next
+    # search (dimse.reuse-seconds): the meter counts every connection, so wait for none
+    assert wait_for(lambda: established_to(orthanc.dicom_port) == 0, 15)
     with PeakMeter(orthanc.dicom_port) as meter, ThreadPoolExecutor(max_workers=40) as pool:
         found = [pool.submit(_search, base, a, path, key) for a, path, key, _ in searches]
         fetched = [pool.submit(_series_parts, base, a, info) for a, info in series]
