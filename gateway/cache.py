@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
 
 from . import jsoncodec
 from .cache_store import Flights, Namespace
@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .query import SearchQuery
 
 _SERIES_UID, _SOP_UID = "0020000E", "00080018"
+T = TypeVar("T")
 
 
 class CachedConnector:
@@ -52,16 +53,13 @@ class CachedConnector:
 
     def search(self, query: SearchQuery) -> SearchResult:
         key = "search:" + _digest(repr(query))
-        data = self._cached(key, lambda: _dump_result(self.inner.search(query)))
-        return _load_result(data)
+        return self._value(key, lambda: self.inner.search(query), _dump_result, _load_result)
 
     def retrieve_metadata(self, ref: ResourceRef, bulk_base: str) -> list[JsonDataset]:
         base = _digest(bulk_base)
         if ref.level == "SERIES":
             key = f"meta:{base}:{ref.study}/{ref.series}"
-            return _load(
-                self._cached(key, lambda: _dump(self.inner.retrieve_metadata(ref, bulk_base)))
-            )
+            return self._metadata(key, ref, bulk_base)
         if ref.level == "IMAGE":
             whole = self.space.get(f"meta:{base}:{ref.study}/{ref.series}")
             if whole is not None:  # the series is cached: the instance is in it
@@ -70,9 +68,7 @@ class CachedConnector:
                     self._count("hit")
                     return found
             key = f"meta:{base}:{ref.study}/{ref.series}/{ref.instance}"
-            return _load(
-                self._cached(key, lambda: _dump(self.inner.retrieve_metadata(ref, bulk_base)))
-            )
+            return self._metadata(key, ref, bulk_base)
         return self._study_metadata(ref, bulk_base, base)
 
     def _study_metadata(self, ref: ResourceRef, bulk_base: str, base: str) -> list[JsonDataset]:
@@ -84,8 +80,11 @@ class CachedConnector:
                 self._count("hit")
                 return [d for p in parts if p is not None for d in _load(p)]
 
+        fetched: list[list[JsonDataset]] = []
+
         def fetch() -> bytes:
             datasets = self.inner.retrieve_metadata(ref, bulk_base)
+            fetched.append(datasets)
             by_series: dict[str, list[JsonDataset]] = {}
             for data in datasets:
                 by_series.setdefault(_value(data, _SERIES_UID), []).append(data)
@@ -94,10 +93,30 @@ class CachedConnector:
             return json.dumps(list(by_series)).encode()
 
         index = self._cached(index_key, fetch)
+        if fetched:  # this request fetched it: no need to decode what was just encoded
+            return fetched[0]
         parts = [self.space.get(f"meta:{base}:{ref.study}/{uid}") for uid in json.loads(index)]
         if all(p is not None for p in parts):
             return [d for p in parts if p is not None for d in _load(p)]
         return self.inner.retrieve_metadata(ref, bulk_base)  # entries too big to keep
+
+    def _metadata(self, key: str, ref: ResourceRef, bulk_base: str) -> list[JsonDataset]:
+        return self._value(key, lambda: self.inner.retrieve_metadata(ref, bulk_base), _dump, _load)
+
+    def _value(
+        self, key: str, fetch: Callable[[], T], dump: Callable[[T], bytes], load: Callable[[bytes], T]
+    ) -> T:
+        """The value under `key`: on a miss the one this request fetched (already encoded into
+        the cache, so the caller may change it), on a hit the cached bytes decoded."""
+        fetched: list[T] = []
+
+        def fetch_and_dump() -> bytes:
+            value = fetch()
+            fetched.append(value)
+            return dump(value)
+
+        data = self._cached(key, fetch_and_dump)
+        return fetched[0] if fetched else load(data)
 
     def _cached(self, key: str, fetch: Any) -> bytes:
         value, hit = self._flights.get_or_fetch(self.space, key, fetch, self._wait)

@@ -121,6 +121,24 @@ def test_a_repeated_search_is_answered_from_the_cache(demo: Connector) -> None:
     assert inner.searches == 2
 
 
+def test_what_a_caller_does_to_an_answer_does_not_reach_the_cache(demo: Connector) -> None:
+    # A miss hands the caller the connector's own answer (not decoded again from the cache);
+    # the engine trims and rewrites answers, and none of that may change what the cache keeps.
+    cache = cached(Counting(demo))
+    ref = ResourceRef(CT["StudyInstanceUID"], CT["SeriesInstanceUID"])
+    for get in (
+        lambda: cache.search(study_query(CT["StudyInstanceUID"])).datasets,
+        lambda: cache.retrieve_metadata(ref, BASE),
+        lambda: cache.retrieve_metadata(ResourceRef(MR["StudyInstanceUID"]), BASE),
+    ):
+        first = get()
+        first[0]["0020000D"] = {"vr": "UI", "Value": ["9.9.9"]}
+        first.append({})
+        again = get()
+        assert len(again) == len(first) - 1
+        assert again[0]["0020000D"]["Value"][0] in (CT["StudyInstanceUID"], MR["StudyInstanceUID"])
+
+
 def test_entries_expire_after_their_ttl(demo: Connector) -> None:
     inner = Counting(demo)
     cache = cached(inner, ttl=0.3)
@@ -219,7 +237,8 @@ def test_study_metadata_fills_its_series_and_instances(demo: Connector) -> None:
         one = cache.retrieve_metadata(ResourceRef(study, series_uid, info["SOPInstanceUID"]), BASE)
         assert [d["00080018"]["Value"][0] for d in one] == [info["SOPInstanceUID"]]
     again = cache.retrieve_metadata(ResourceRef(study), BASE)
-    assert sorted(map(str, again)) == sorted(map(str, whole))
+    assert {d["00080018"]["Value"][0]: d for d in again} == {
+        d["00080018"]["Value"][0]: d for d in whole}
     assert inner.metadata == 1  # everything after the first call came from the cache
 
 
