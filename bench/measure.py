@@ -4,10 +4,13 @@ retrieval throughput, single-frame latency; each with its direct counterpart in 
 from __future__ import annotations
 
 import statistics
+import subprocess
 from collections import defaultdict
 
 import requests
 
+from . import dimse_direct
+from .archive import SeriesInfo
 from .client import (
     AS_STORED,
     Result,
@@ -137,6 +140,7 @@ def retrieval(b: Bench) -> list[Row]:
             else:
                 failed[way] += 1
                 b.say(f"  {way}: failed (HTTP {got.status}, {got.size} bytes)")
+        _dimse_round(b, series, rates, failed)
     direct = _median(rates[DIRECT])
     title = f"3. Series retrieval ({series.bytes / 1e6:.0f} MB, as stored)"
     rows = []
@@ -147,7 +151,43 @@ def retrieval(b: Bench) -> list[Row]:
         elif way == "orthanc-cget":
             row.target, row.met = ">= 0.70", row.ratio >= 0.70
         rows.append(row)
+    for way, name in DIMSE_DIRECT.items():
+        rows.append(Row(title, name, "MB/s", _median(rates[way]), direct, failed[way]))
     return rows
+
+
+#: the archives' own DIMSE speed, no gateway: (archive, client) -> its name in the table
+DIMSE_DIRECT = {
+    "orthanc-pynetdicom": "no gateway: C-GET -> Orthanc, bare pynetdicom SCU",
+    "orthanc-getscu": "no gateway: C-GET -> Orthanc, dcmtk getscu",
+    "dcmqrscp-pynetdicom": "no gateway: C-GET -> dcmqrscp, bare pynetdicom SCU",
+    "dcmqrscp-getscu": "no gateway: C-GET -> dcmqrscp, dcmtk getscu",
+}
+
+
+def _dimse_round(
+    b: Bench, series: SeriesInfo, rates: dict[str, list[float]], failed: dict[str, int]
+) -> None:
+    """One C-GET of the series from each archive by each client of `dimse_direct`."""
+    o, q = b.backends.orthanc, b.backends.dcmqrscp
+    archives = {"orthanc": (o.dicom_port, o.aet), "dcmqrscp": (q.port, q.aet)}
+    for way in DIMSE_DIRECT:
+        archive, client = way.split("-")
+        port, aet = archives[archive]
+        try:
+            if client == "pynetdicom":
+                size, seconds = dimse_direct.pynetdicom_cget("127.0.0.1", port, aet, series)
+            else:
+                size, seconds = dimse_direct.getscu("127.0.0.1", port, aet, series)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            failed[way] += 1
+            b.say(f"  {way}: failed ({exc})")
+            continue
+        if size < series.bytes * 0.98:
+            failed[way] += 1
+            b.say(f"  {way}: {size} of {series.bytes} bytes")
+            continue
+        rates[way].append(size / 1e6 / seconds)
 
 
 def frames(b: Bench) -> list[Row]:

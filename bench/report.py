@@ -214,6 +214,12 @@ def reading_notes(runs: int) -> list[str]:
         ),
         (
             "- Memory: VmHWM (reset through /proc/<pid>/clear_refs before each case) and VmRSS "
-            "sampled every 20 ms, of the gunicorn workers after a restart (no cached metadata)."
+            "sampled every 20 ms, of the gunicorn workers, restarted before each way (no cached "
+            "metadata, nothing left from another way's streams)."
+        ),
+        (
+            '- Rows named "no gateway" fetch the same series from an archive over DIMSE without '
+            "the gateway (one C-GET, by a bare pynetdicom SCU that keeps nothing, and by dcmtk's "
+            "getscu discarding them): the ceiling of any DIMSE path to that archive."
         ),
     ]

@@ -53,14 +53,15 @@ def memory(b: Bench) -> list[Row]:
     orthanc = b.backends.orthanc.pid
     b.say(
         f"memory while streaming the big study ({b.archive.big_study_bytes / 1e9:.2f} GB): "
-        "restarting the gateway, so that no cached metadata counts"
+        "the gateway restarted before each way, so that neither cached metadata nor what an "
+        "earlier way's streams left in the heap counts"
     )
-    b.gateway.restart()
-    b.say(f"  gateway workers idle at {idle_mb(b.gateway.workers()):.0f} MB in total")
     direct = {n: _measure(b, DIRECT, n, lambda: [orthanc]) for n in (1, many)}
     rows = []
     title = f"5. Peak RSS streaming the {b.archive.big_study_bytes / 1e9:.2f} GB study"
     for way in MEMORY_WAYS:
+        b.gateway.restart()
+        b.say(f"  gateway workers idle at {idle_mb(b.gateway.workers()):.0f} MB in total")
         one, several = (_measure(b, way, n, b.gateway.workers) for n in (1, many))
         busy = one.per_pid[one.busiest]
         first = Row(
