@@ -104,7 +104,11 @@ class CachedConnector:
         return self._value(key, lambda: self.inner.retrieve_metadata(ref, bulk_base), _dump, _load)
 
     def _value(
-        self, key: str, fetch: Callable[[], T], dump: Callable[[T], bytes], load: Callable[[bytes], T]
+        self,
+        key: str,
+        fetch: Callable[[], T],
+        dump: Callable[[T], bytes],
+        load: Callable[[bytes], T],
     ) -> T:
         """The value under `key`: on a miss the one this request fetched (already encoded into
         the cache, so the caller may change it), on a hit the cached bytes decoded."""
