@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any
 from urllib.parse import quote
 
-from .. import dicomjson
+from .. import dicomjson, jsoncodec
 from ..dicomjson import JsonDataset
 from ..errors import ConnectorError, NotAcceptable, NotFound
 from ..multipart import iter_parts
@@ -182,16 +182,17 @@ class DicomWebConnector:
                 raise NotFound(f"no {ref.level.lower()} with that UID", self.id)
             self._wado.check_status(response, "metadata")
             body = self._wado.read_json(response, deadline, "metadata")
-        datasets = self._datasets(body, "metadata")
-        if not datasets:
-            raise NotFound(f"no {ref.level.lower()} with that UID", self.id)
-        for data in datasets:
-            uids = (
-                dicomjson.first(data, STUDY_UID) or ref.study,
-                dicomjson.first(data, SERIES_UID) or ref.series or "",
-                dicomjson.first(data, SOP_UID) or ref.instance or "",
-            )
-            rewrite_bulk(data, bulk_base.rstrip("/"), uids)
+        with jsoncodec.paused_gc():  # many new objects, no cycles: see jsoncodec.loads
+            datasets = self._datasets(body, "metadata")
+            if not datasets:
+                raise NotFound(f"no {ref.level.lower()} with that UID", self.id)
+            for data in datasets:
+                uids = (
+                    dicomjson.first(data, STUDY_UID) or ref.study,
+                    dicomjson.first(data, SERIES_UID) or ref.series or "",
+                    dicomjson.first(data, SOP_UID) or ref.instance or "",
+                )
+                rewrite_bulk(data, bulk_base.rstrip("/"), uids)
         return datasets
 
     def retrieve_instances(
