@@ -1,7 +1,7 @@
 """The archives' own DIMSE speed, without the gateway: the big series fetched with one C-GET by
 a bare pynetdicom SCU that keeps nothing (the same DIMSE stack the gateway uses, with no
-Part 10 re-framing, HTTP or multipart), and by dcmtk's `getscu` (C++) writing the files to a
-scratch folder. These rows bound what any gateway speaking DIMSE to that archive can reach."""
+Part 10 re-framing, HTTP or multipart), and by dcmtk's `getscu` (C++) discarding what it
+receives (--ignore). These rows bound what any gateway speaking DIMSE to that archive can reach."""
 
 from __future__ import annotations
 

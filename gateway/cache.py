@@ -75,16 +75,12 @@ class CachedConnector:
         index_key = f"study:{base}:{ref.study}"
         index = self.space.get(index_key)
         if index is not None:
-            parts = [self.space.get(f"meta:{base}:{ref.study}/{uid}") for uid in json.loads(index)]
-            if all(p is not None for p in parts):
+            found = self._assembled(base, ref.study, index)
+            if found is not None:
                 self._count("hit")
-                return [d for p in parts if p is not None for d in _load(p)]
+                return found
 
-        fetched: list[list[JsonDataset]] = []
-
-        def fetch() -> bytes:
-            datasets = self.inner.retrieve_metadata(ref, bulk_base)
-            fetched.append(datasets)
+        def split(datasets: list[JsonDataset]) -> bytes:
             by_series: dict[str, list[JsonDataset]] = {}
             for data in datasets:
                 by_series.setdefault(_value(data, _SERIES_UID), []).append(data)
@@ -92,13 +88,22 @@ class CachedConnector:
                 self.space.set(f"meta:{base}:{ref.study}/{uid}", _dump(members))
             return json.dumps(list(by_series)).encode()
 
-        index = self._cached(index_key, fetch)
-        if fetched:  # this request fetched it: no need to decode what was just encoded
-            return fetched[0]
-        parts = [self.space.get(f"meta:{base}:{ref.study}/{uid}") for uid in json.loads(index)]
-        if all(p is not None for p in parts):
-            return [d for p in parts if p is not None for d in _load(p)]
-        return self.inner.retrieve_metadata(ref, bulk_base)  # entries too big to keep
+        def assemble(index: bytes) -> list[JsonDataset]:
+            found = self._assembled(base, ref.study, index)
+            if found is not None:
+                return found
+            return self.inner.retrieve_metadata(ref, bulk_base)  # entries too big to keep
+
+        return self._value(
+            index_key, lambda: self.inner.retrieve_metadata(ref, bulk_base), split, assemble
+        )
+
+    def _assembled(self, base: str, study: str, index: bytes) -> list[JsonDataset] | None:
+        """A study's metadata from its series' entries, or None when one of them is gone."""
+        parts = [self.space.get(f"meta:{base}:{study}/{uid}") for uid in json.loads(index)]
+        if any(p is None for p in parts):
+            return None
+        return [d for p in parts if p is not None for d in _load(p)]
 
     def _metadata(self, key: str, ref: ResourceRef, bulk_base: str) -> list[JsonDataset]:
         return self._value(key, lambda: self.inner.retrieve_metadata(ref, bulk_base), _dump, _load)
