@@ -153,6 +153,7 @@ class DicomWebConnector:
         response = self._qido.get(path, encode_query(pairs), DICOM_JSON, deadline, "search", True)
         with response:
             if response.status_code == 204 or (response.status_code == 404 and scoped):
+                self._qido.discard(response, deadline, "search")
                 return [], False
             self._qido.check_status(response, "search")
             warning = response.headers.get("Warning", "")
@@ -179,6 +180,7 @@ class DicomWebConnector:
         response = self._wado.get(path, "", DICOM_JSON, deadline, "metadata", True)
         with response:
             if response.status_code in (204, 404):
+                self._wado.discard(response, deadline, "metadata")
                 raise NotFound(f"no {ref.level.lower()} with that UID", self.id)
             self._wado.check_status(response, "metadata")
             body = self._wado.read_json(response, deadline, "metadata")
@@ -206,6 +208,8 @@ class DicomWebConnector:
         first: list[float | None] = [self._deadline()]
         response = self._wado.get(resource_path(ref), "", accept, first[0], "retrieve", stream=True)
         with response:
+            if response.status_code in (404, 406):
+                self._wado.discard(response, first[0], "retrieve")
             if response.status_code == 404:
                 raise NotFound(f"no {ref.level.lower()} with that UID", self.id)
             if response.status_code == 406:

@@ -50,6 +50,7 @@ CHUNK_SIZE = 1024 * 1024
 POOL_SIZE = 16
 #: Largest JSON answer (one QIDO page or one metadata request) read into memory.
 MAX_JSON_BYTES = 64 * 1024 * 1024
+DISCARD_LIMIT = 64 * 1024  # an unwanted body longer than this costs its connection instead
 DICOM_MEDIA_TYPE = "application/dicom"
 
 
@@ -192,6 +193,17 @@ class Upstream:
             if not chunk:
                 return
             yield chunk
+
+    def discard(self, response: requests.Response, deadline: float | None, what: str) -> None:
+        """Reads a short answer whose body is not wanted (a 204, a 404) to its end, so that
+        its connection goes back to the pool; a longer one, or one that fails, is left for
+        `close()` to drop with its connection."""
+        seen = 0
+        with contextlib.suppress(ConnectorError):
+            for chunk in self.iter_body(response, deadline, what):
+                seen += len(chunk)
+                if seen > DISCARD_LIMIT:
+                    return
 
     def read_json(self, response: requests.Response, deadline: float | None, what: str) -> Any:
         """The JSON body of a streamed response, read within `deadline`; None when empty."""

@@ -488,6 +488,23 @@ def test_paging_requests(
     ]
 
 
+def test_one_kept_alive_connection_serves_a_connector_s_requests(build: Build) -> None:
+    # the connector's pooled session: five pages and two more searches, one after the other,
+    # travel over a single TCP connection (one client port); another connector has its own
+    paged = fakes.PagedSearch(studies_json(10))
+    with fakes.FakeServer({"/dicom-web/studies": paged}) as server:
+        first = build(none_auth(server.url + "/dicom-web"), page_size=2)
+        for _ in range(3):
+            assert len(first.search(query(Level.STUDY, [])).datasets) == 10
+        asked_by_first = len(paged.asked)
+        second = build(none_auth(server.url + "/dicom-web"), page_size=10)
+        assert len(second.search(query(Level.STUDY, [])).datasets) == 10
+        ports = [r.handler.client_address[1] for r in server.requests_to("/dicom-web/studies")]
+    assert asked_by_first >= 15  # at least five pages per search
+    assert len(set(ports[:asked_by_first])) == 1
+    assert set(ports[asked_by_first:]).isdisjoint(ports[:asked_by_first])
+
+
 def test_a_short_page_without_the_warning_ends_the_list(build: Build) -> None:
     paged = fakes.PagedSearch(studies_json(20), cap=4, warn=False)
     with fakes.FakeServer({"/dicom-web/studies": paged}) as server:
