@@ -49,6 +49,9 @@ __all__ = ["DimseConnector", "RetrieveIncomplete"]
 
 #: Verification SOP Class (PS3.4 A.4)
 VERIFICATION = UID("1.2.840.10008.1.1")
+#: C-FIND failure statuses that do not mean "no relational queries here" (PS3.4 C.4.1.1.4):
+#: Refused: Out of resources
+_PASSING_FAILURES = frozenset({0xA700})
 
 
 class DimseConnector:
@@ -106,14 +109,17 @@ class DimseConnector:
         self, session: Session, query: SearchQuery, keys: dict[int, object], want: int | None
     ) -> tuple[list[JsonDataset], bool]:
         """Relational or hierarchical, per `dimse.query-model` ("auto": relational until the
-        PACS answers a relational query with a failure status, then hierarchical)."""
+        PACS answers a relational query with a failure status, then hierarchical; "out of
+        resources" is a passing state of the PACS, not a refusal of the query model)."""
         if not is_relational(query) or self.dimse.query_model == "relational":
             return flat(session, query, keys, want)
         if self.prefers_hierarchical:
             return hierarchical(session, query, keys, want)
         try:
             return flat(session, query, keys, want)
-        except StatusError:
+        except StatusError as exc:
+            if exc.dimse_status in _PASSING_FAILURES:
+                raise  # says nothing about the query model: the next query tries again
             self._learn_hierarchical()
             return hierarchical(session, query, keys, want)
 
