@@ -23,10 +23,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import build_context
+from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from gateway.connectors.base import ResourceRef
 from gateway.connectors.dimse import DimseConnector, RetrieveIncomplete
+from gateway.connectors.dimse_get import contexts
 from gateway.errors import ConnectorError, ConnectorTimeout, NotAcceptable, NotFound
 from gateway.query import Level, parse_search
 from gateway.settings import (
@@ -39,6 +41,7 @@ from gateway.settings import (
     TrustStore,
 )
 from tests.connectors.scp_fakes import FakeScp
+from tests.robustness_servers import Blackhole
 from tests.harness import samples as truth
 
 # --------------------------------------------------------------------------------------------
@@ -141,6 +144,46 @@ def test_slow_scp_times_out_within_request_bound(fake: FakeScp) -> None:
         search(conn, Level.STUDY)
     assert time.monotonic() - started < 3.0
     assert fake.wait_for(lambda: fake.open_now == 0)  # the association was aborted
+
+
+def test_silent_pacs_times_out_after_the_acse_time_out() -> None:
+    # a port that accepts TCP and never answers the A-ASSOCIATE-RQ: timeouts.acse bounds it,
+    # well before the request time-out
+    with Blackhole() as hole:
+        conn = connector(hole.port, timeouts=Timeouts(connect=2, request=10, acse=1, dimse=10))
+        started = time.monotonic()
+        with pytest.raises(ConnectorTimeout, match="within the ACSE time-out") as info:
+            search(conn, Level.STUDY)
+        elapsed = time.monotonic() - started
+        assert hole.accepted == 1
+    assert 0.9 <= elapsed < 3.0
+    assert info.value.connector == "pacs1"
+
+
+def test_held_c_find_times_out_after_the_dimse_time_out(fake: FakeScp) -> None:
+    # the PACS accepts the association, then sends no C-FIND response: timeouts.dimse bounds it
+    fake.hold = 30
+    conn = connector(fake.port, timeouts=Timeouts(connect=2, request=10, acse=5, dimse=1))
+    started = time.monotonic()
+    with pytest.raises(ConnectorTimeout, match="C-FIND: no response within the DIMSE time-out"):
+        search(conn, Level.STUDY)
+    assert 0.9 <= time.monotonic() - started < 3.0
+    assert fake.wait_for(lambda: fake.open_now == 0)  # the association was aborted
+
+
+def test_idle_association_is_dropped_after_the_network_time_out(fake: FakeScp) -> None:
+    # kept for reuse for 30 s, but timeouts.network (pynetdicom's idle timer) aborts it after
+    # one second without traffic; the next search opens a new association
+    conn = connector(fake.port, timeouts=Timeouts(connect=2, request=10, acse=5, dimse=10,
+                                                  network=1), reuse_seconds=30)
+    assert len(search(conn, Level.STUDY)) == 5
+    assert fake.open_now == 1
+    started = time.monotonic()
+    assert fake.wait_for(lambda: fake.open_now == 0, timeout=4.0)
+    assert 0.8 <= time.monotonic() - started < 3.0
+    assert (fake.aborted, fake.releases) == (1, 0)
+    assert len(search(conn, Level.STUDY)) == 5
+    assert len(fake.proposed) == 2  # a second association
 
 
 def test_cancel_after_offset_plus_limit(fake: FakeScp) -> None:
@@ -289,6 +332,23 @@ def test_auto_falls_back_to_hierarchical_and_remembers(fake: FakeScp) -> None:
     assert sum(1 for i in fake.identifiers if hierarchical_only(i)) == relational_attempts == 1
 
 
+def test_auto_keeps_relational_queries_after_out_of_resources(fake: FakeScp) -> None:
+    # 0xA700 (Refused: Out of resources) is the PACS's state of the moment: a 502 naming it,
+    # and the next query is relational again, not one C-FIND per study from then on
+    fake.fail_with = lambda ident: 0xA700
+    conn = connector(fake.port)
+    with pytest.raises(ConnectorError, match=r"0xA700 \(Refused: Out of resources\)"):
+        search(conn, Level.SERIES, ("Modality", "CT"))
+    assert not conn.prefers_hierarchical
+    fake.fail_with = None
+    rows = search(conn, Level.SERIES, ("Modality", "CT"))
+    assert sorted(values(rows, "0020000E")) == sorted(str(d.SeriesInstanceUID) for d in fake.datasets)
+    # both relational (SERIES without a study UID); hierarchical would have asked STUDY first
+    levels = [i.QueryRetrieveLevel for i in fake.identifiers]
+    assert "STUDY" not in levels
+    assert sum(1 for i in fake.identifiers if hierarchical_only(i) and i.QueryRetrieveLevel == "SERIES") == 2
+
+
 def test_hierarchical_instances_stop_when_enough(fake: FakeScp) -> None:
     conn = connector(fake.port, query_model="hierarchical")
     result = conn.search(parse_search(Level.IMAGE, [("limit", "2")]))
@@ -349,6 +409,35 @@ def test_get_returns_part10_in_stored_syntax() -> None:
     # only the storage class found by the C-FIND, plus the C-GET model, was proposed
     get_model = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Q/R GET (PS3.4 C.6.2.1)
     assert [p for p in scp.proposed if get_model in p] == [{get_model, str(ds.SOPClassUID)}]
+
+
+# PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255, so at most 128 per association
+STORAGE = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.70"]
+
+
+def test_get_contexts_one_per_class_and_syntax_when_they_fit() -> None:
+    proposed = contexts(STORAGE[:2], SYNTAXES, "pacs1")
+    get_model = "1.2.840.10008.5.1.4.1.2.2.3"
+    assert [str(cx.abstract_syntax) for cx in proposed] == [get_model] + [c for c in STORAGE[:2]
+                                                                          for _ in SYNTAXES]
+    assert [cx.transfer_syntax for cx in proposed[1:]] == [[t] for _ in range(2) for t in SYNTAXES]
+
+
+def test_get_contexts_fall_back_to_one_per_class_beyond_128() -> None:
+    # 50 classes x 3 syntaxes + the C-GET model = 151 contexts: too many, so one per class
+    proposed = contexts(STORAGE[:50], SYNTAXES, "pacs1")
+    assert len(proposed) == 51
+    assert [str(cx.abstract_syntax) for cx in proposed[1:]] == STORAGE[:50]
+    assert all(cx.transfer_syntax == SYNTAXES for cx in proposed[1:])
+
+
+def test_get_contexts_refuse_more_classes_than_an_association_holds() -> None:
+    classes = [f"1.2.3.{i}" for i in range(128)]  # + the C-GET model = 129
+    with pytest.raises(ConnectorError, match="128 SOP classes do not fit") as info:
+        contexts(classes, SYNTAXES, "pacs1")
+    assert info.value.connector == "pacs1"
+    assert len(contexts(classes[:127], SYNTAXES, "pacs1")) == 128
 
 
 def test_get_specific_syntax() -> None:
