@@ -10,12 +10,17 @@ from __future__ import annotations
 import base64
 import copy
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from marshmallow import Schema
+from marshmallow import fields as mfields
 
 from gateway.config import ConfigError, load_settings, load_settings_from_dict
+from gateway.config.fields import NamedMap
+from gateway.config.schemas import TopSchema
 from gateway.settings import (
     Authentication,
     BasicAuth,
@@ -272,6 +277,40 @@ def test_example_config_loads() -> None:
     assert cloud.dicom_web is not None and cloud.dicom_web.qido_rs.type == "OAUTH2"
     assert cloud.timeouts == Timeouts(connect=10, request=120)
     assert settings.oidc_client("keycloak").client_secret == "cs"
+
+
+def _key_paths(schema: type[Schema], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every leaf key the loader accepts, as a path (`<id>` for the ids of a named map)."""
+    paths: list[tuple[str, ...]] = []
+    for name, field in schema().fields.items():
+        path = (*prefix, field.data_key or name)
+        if isinstance(field, mfields.Nested):
+            paths += _key_paths(type(field.schema), path)
+        elif isinstance(field, NamedMap):
+            paths += _key_paths(field.schema_class, (*path, "<id>"))
+        else:
+            paths.append(path)
+    return paths
+
+
+def test_example_config_documents_every_key() -> None:
+    # each key the loader accepts appears in the example as a key line (set, or commented out
+    # for the optional ones), with a comment on that line or a comment line just above it
+    lines = EXAMPLE.read_text().splitlines()
+    paths = _key_paths(TopSchema)
+    assert len(paths) >= 100  # the walk found the schema (a broken walk must not pass)
+    assert ("connector", "config", "<id>", "db-connector", "query", "select") in paths
+
+    def documented(i: int) -> bool:
+        line = lines[i].lstrip().removeprefix("#")
+        above = lines[i - 1].strip() if i else ""
+        return "#" in line or (above.startswith("#") and not re.match(r"#\s*[\w-]+:", above))
+
+    for path in paths:
+        key_line = re.compile(r"\s*(#\s*)?" + re.escape(path[-1]) + ":")
+        found = [i for i, line in enumerate(lines) if key_line.match(line)]
+        assert found, f"{'.'.join(path)} is not in the example"
+        assert any(documented(i) for i in found), f"{'.'.join(path)} has no comment"
 
 
 # ---------------------------------------------------------------------------------------------

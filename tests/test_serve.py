@@ -51,3 +51,28 @@ def test_gunicorn_serves_the_demo_archive(tmp_path):
         assert ready.json() == {"ready": True, "connectors": {"demo": "ok"}}
     finally:
         stop_process(proc)
+
+
+def test_a_bad_configuration_stops_gunicorn_with_the_key_paths(tmp_path):
+    # an unknown key and an out-of-range port: gunicorn exits (it does not respawn workers
+    # forever), and its log names each key path and what is wrong, without a traceback
+    (tmp_path / "gateway.yml").write_text(
+        "connector:\n"
+        "  config:\n"
+        "    pacs:\n"
+        "      type: DICOM\n"
+        "      dicom-connector:\n"
+        "        dimse: {calling-aet: GW, aet: PACS, host: 127.0.0.1, port: 70000}\n"
+        "      colour: blue\n")
+    env = {**os.environ, "GATEWAY_CONFIG": str(tmp_path / "gateway.yml"),
+           "GATEWAY_BIND": f"127.0.0.1:{free_port()}", "GATEWAY_WORKERS": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT, env=env, capture_output=True, timeout=60)
+    log = proc.stdout.decode() + proc.stderr.decode()
+    assert proc.returncode != 0
+    assert "configuration error" in log
+    assert "connector.config.pacs.colour: Unknown key." in log
+    assert ("connector.config.pacs.dicom-connector.dimse.port: Must be greater than or equal to 1"
+            " and less than or equal to 65535.") in log
+    assert "Traceback" not in log

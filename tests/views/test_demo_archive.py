@@ -177,6 +177,21 @@ def test_retrieve_study_as_stored_returns_the_file_bytes(client):
     assert body == US["path"].read_bytes()
 
 
+def test_each_retrieval_gets_a_boundary_of_its_own(client):
+    # a boundary that never repeats cannot be guessed and planted in a stored object's bytes
+    url = f"/dicomweb/studies/{US['StudyInstanceUID']}"
+    boundaries = []
+    for _ in range(3):
+        r = client.get(url, headers=ANY)
+        boundary = re.fullmatch(r'multipart/related; type="application/dicom"; boundary=(\S+)',
+                                r.headers["Content-Type"]).group(1)
+        assert r.data.startswith(b"--" + boundary.encode() + b"\r\n")
+        assert r.data.endswith(b"\r\n--" + boundary.encode() + b"--\r\n")
+        boundaries.append(boundary)
+    assert len(set(boundaries)) == 3
+    assert all(len(b) >= 16 and len(b) <= 70 for b in boundaries)  # RFC 2046: 1 to 70 chars
+
+
 def test_default_transfer_syntax_is_explicit_vr_little_endian(client):
     r = client.get(f"/dicomweb/studies/{RTDOSE['StudyInstanceUID']}/series/{RTDOSE['SeriesInstanceUID']}")
     ((_, syntax, body),) = parts(r)
