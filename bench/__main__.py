@@ -131,7 +131,11 @@ def run(args: argparse.Namespace, scale: Scale, workdir: Path) -> report.Outcome
         config, cache_note = _gateway_config(servers, args.config_extra)
         gateway = served.start_gateway(workdir, config, args.workers, args.threads)
         stack.callback(gateway.stop)
-        bench = Bench(scale, info, servers, gateway, started)
+        relay = served.start_relay(
+            workdir, servers.orthanc.dicomweb_url, free_port(), args.workers, args.threads
+        )
+        stack.callback(relay.stop)
+        bench = Bench(scale, info, servers, gateway, started, relay)
         bench.say(f"loaded: Orthanc {loads['orthanc']:.0f} s, dcmqrscp {loads['dcmqrscp']:.0f} s")
         rows = _measure_all(bench)
         workers = len(gateway.workers())

@@ -12,6 +12,7 @@ from .scale import Scale
 from .served import Gunicorn
 
 DIRECT = "direct"  # Orthanc's own DICOMweb, the baseline of every ratio
+RELAY = "relay"  # bench.relay: Orthanc's DICOMweb through a gunicorn that only forwards bytes
 
 
 @dataclass
@@ -21,11 +22,15 @@ class Bench:
     backends: Backends
     gateway: Gunicorn
     started: float = field(default_factory=time.monotonic)  # for the progress lines
+    relay: Gunicorn | None = None  # bench.relay in front of Orthanc, for measurement 3
 
     def base(self, way: str) -> str:
         """The DICOMweb root a way is reached at: Orthanc's, or the gateway's for a connector."""
         if way == DIRECT:
             return self.backends.orthanc.dicomweb_url
+        if way == RELAY:
+            assert self.relay is not None
+            return self.relay.url
         return f"{self.gateway.url}/archives/{way}/dicomweb"
 
     def say(self, text: str) -> None:

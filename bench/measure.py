@@ -21,7 +21,7 @@ from .client import (
     median_ms,
     session,
 )
-from .context import DIRECT, Bench
+from .context import DIRECT, RELAY, Bench
 from .report import Row
 from .served import WAYS
 
@@ -132,7 +132,7 @@ def retrieval(b: Bench) -> list[Row]:
     failed: dict[str, int] = defaultdict(int)
     for run in range(b.scale.runs):
         b.say(f"series retrieval, round {run + 1}/{b.scale.runs}")
-        for way in (DIRECT, *RETRIEVE_WAYS):
+        for way in (DIRECT, *RETRIEVE_WAYS, *([RELAY] if b.relay else [])):
             with session() as s:
                 got = get_stream(s, b.base(way) + b.series_path(series), AS_STORED, minimum)
             if got.ok:
@@ -151,9 +151,14 @@ def retrieval(b: Bench) -> list[Row]:
         elif way == "orthanc-cget":
             row.target, row.met = ">= 0.70", row.ratio >= 0.70
         rows.append(row)
+    if b.relay:
+        rows.append(Row(title, RELAY_NAME, "MB/s", _median(rates[RELAY]), direct, failed[RELAY]))
     for way, name in DIMSE_DIRECT.items():
         rows.append(Row(title, name, "MB/s", _median(rates[way]), direct, failed[way]))
     return rows
+
+
+RELAY_NAME = "no gateway: Orthanc through a gunicorn byte relay (bench/relay.py)"
 
 
 #: the archives' own DIMSE speed, no gateway: (archive, client) -> its name in the table

@@ -220,6 +220,9 @@ def reading_notes(runs: int) -> list[str]:
         (
             '- Rows named "no gateway" fetch the same series from an archive over DIMSE without '
             "the gateway (one C-GET, by a bare pynetdicom SCU that keeps nothing, and by dcmtk's "
-            "getscu discarding them): the ceiling of any DIMSE path to that archive."
+            "getscu discarding them): the ceiling of any DIMSE path to that archive. The "
+            '"byte relay" row fetches it from Orthanc through bench/relay.py, a gunicorn app '
+            "(the gateway's gunicorn.conf.py) that forwards the bytes untouched: the ceiling of "
+            "any Python gateway in the path on this machine."
         ),
     ]

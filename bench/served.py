@@ -125,6 +125,7 @@ class Gunicorn:
     port: int
     log: Path
     env: dict[str, str]
+    app: str = "wsgi:app"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -136,7 +137,7 @@ class Gunicorn:
         until /readyz answers 200 (every connector reachable) and every worker is up."""
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+                [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", self.app],
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -212,6 +213,27 @@ def start_gateway(
 ) -> Gunicorn:
     port = int(config["gateway"]["public-url"].rsplit(":", 1)[1])
     runner = prepare(workdir, config, port, workers, threads)
+    try:
+        runner.start()
+    except HarnessError:
+        runner.stop()
+        raise
+    return runner
+
+
+def start_relay(
+    workdir: Path, upstream: str, port: int, workers: int | None, threads: int | None
+) -> Gunicorn:
+    """`bench.relay` (bytes forwarded untouched to and from `upstream`) under the gateway's
+    gunicorn.conf.py, with the gateway's worker and thread counts."""
+    env = {**os.environ, "RELAY_UPSTREAM": upstream, "GATEWAY_BIND": f"127.0.0.1:{port}"}
+    if workers:
+        env["GATEWAY_WORKERS"] = str(workers)
+    if threads:
+        env["GATEWAY_THREADS"] = str(threads)
+    runner = Gunicorn(
+        workdir / "relay-unused.yml", port, workdir / "relay.log", env, "bench.relay:app"
+    )
     try:
         runner.start()
     except HarnessError:
