@@ -113,7 +113,8 @@ def return_tags(
     """The tags an answer to `query` carries (PS3.18 10.6.3.3), as (required, optional):
     required are the level's attributes, the UIDs of the parents, the matching keys and the
     includefields; optional are the attributes of the higher levels that the path does not fix
-    (kept when the backend gives them: a study's counts are not part of a series answer)."""
+    (kept when the backend gives them: a study's counts are not part of a series answer), and
+    the tables' conditional attributes ("if known": CONDITIONAL_ATTRIBUTES)."""
     required: list[int] = list(LEVEL_ATTRIBUTES[query.level])
     optional: list[int] = []
     if query.level is not Level.STUDY:
@@ -126,6 +127,7 @@ def return_tags(
             optional.extend(SERIES_ATTRIBUTES)
     required.extend(m.tag for m in query.matches)
     required.extend(query.includefields)
+    optional.extend(CONDITIONAL_ATTRIBUTES)
     keep = tuple(dict.fromkeys(required))
     return keep, tuple(t for t in dict.fromkeys(optional) if t not in keep and t != 0x00081190)
 

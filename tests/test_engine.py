@@ -103,6 +103,28 @@ def test_answers_carry_the_gateway_retrieve_url_and_availability():
     assert data["00100010"] == {"vr": "PN"}  # required by PS3.18 Table 10.6.3-3, unknown here
 
 
+def test_conditional_attributes_are_kept_when_the_backend_knows_them():
+    # PS3.18 Tables 10.6.3-3 and -4: TimezoneOffsetFromUTC and RequestAttributesSequence are
+    # returned "if known": present when the archive has them, never added empty
+    request = {"vr": "SQ", "Value": [{"00401001": {"vr": "SH", "Value": ["RP1"]}}]}
+    tz = {"vr": "SH", "Value": ["+0100"]}
+    known = study("1.1", **{"00080201": tz})
+    (data,) = engine(ListConnector("a", [known])).search(
+        parse_search(Level.STUDY, []), ["a"], BASE
+    ).datasets
+    assert data["00080201"] == tz
+    series = study("1.2", **{"0020000E": {"vr": "UI", "Value": ["1.2.1"]}, "00400275": request,
+                             "00080201": tz})
+    (row,) = engine(ListConnector("a", [series])).search(
+        parse_search(Level.SERIES, []), ["a"], BASE
+    ).datasets
+    assert (row["00400275"], row["00080201"]) == (request, tz)
+    (bare,) = engine(ListConnector("a", [study("1.3")])).search(
+        parse_search(Level.STUDY, []), ["a"], BASE
+    ).datasets
+    assert "00080201" not in bare and "00400275" not in bare
+
+
 def test_limit_offset_and_the_299_warning_when_more_remain():
     a = ListConnector("a", [study(f"1.{i}") for i in range(1, 8)])
     eng = engine(a)
