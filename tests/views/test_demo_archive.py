@@ -50,6 +50,48 @@ def test_studies_lists_the_sample_studies_as_ps318_json(client):
     assert ct["00081190"] == {"vr": "UR", "Value": [f"{BASE}/studies/{CT['StudyInstanceUID']}"]}
 
 
+def test_series_and_instances_carry_the_ps318_attributes(client):
+    study, series = CT["StudyInstanceUID"], CT["SeriesInstanceUID"]
+    (row,) = client.get(f"/dicomweb/studies/{study}/series").get_json()
+    # PS3.18 Table 10.6.3-4, plus the study's UID
+    assert {"00080060", "0008103E", "0020000E", "00200011", "00201209", "00400244",
+            "00400245", "00081190", "0020000D"} <= set(row)
+    assert row["00080060"] == {"vr": "CS", "Value": ["CT"]}
+    assert row["00201209"] == {"vr": "IS", "Value": [1]}
+    assert row["00081190"]["Value"] == [f"{BASE}/studies/{study}/series/{series}"]
+    (item,) = client.get(f"/dicomweb/studies/{study}/series/{series}/instances").get_json()
+    # PS3.18 Table 10.6.3-5, plus the study's and the series' UIDs
+    assert {"00080016", "00080018", "00080056", "00200013", "00280010", "00280011",
+            "00280100", "00280008", "00081190", "0020000D", "0020000E"} <= set(item)
+    ds = pydicom.dcmread(CT["path"], stop_before_pixels=True)
+    assert item["00280010"] == {"vr": "US", "Value": [ds.Rows]}
+    assert item["00280011"] == {"vr": "US", "Value": [ds.Columns]}
+    assert item["00280100"] == {"vr": "US", "Value": [ds.BitsAllocated]}
+    assert item["00080016"] == {"vr": "UI", "Value": [CT["SOPClassUID"]]}
+    assert item["00280008"] == {"vr": "IS"}  # single-frame: required, unknown, so no Value
+    assert item["00081190"]["Value"] == [
+        f"{BASE}/studies/{study}/series/{series}/instances/{CT['SOPInstanceUID']}"]
+
+
+def test_the_configured_maximum_caps_every_answer(tmp_path):
+    data = yaml.safe_load((ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(tmp_path)))
+    data.setdefault("gateway", {})["max-results"] = 3
+    app = create_app(load_settings_from_dict(data))
+    try:
+        web = app.test_client()
+        for query in ("", "?limit=50"):
+            r = web.get(f"/dicomweb/studies{query}")
+            assert r.status_code == 200 and len(r.get_json()) == 3
+            assert r.headers["Warning"] == ('299 gateway "There are additional results that can '
+                                            'be requested"')
+        page = web.get("/dicomweb/studies?limit=3&offset=3").get_json()
+        assert len(page) == 3
+        assert not set(values(page, "0020000D")) & set(
+            values(web.get("/dicomweb/studies").get_json(), "0020000D"))
+    finally:
+        app.extensions["gateway"].close()
+
+
 def test_the_sc_study_counts_two_instances_in_one_series(client):
     sc = samples.sample_index()["SC_rgb_rle.dcm"]
     (data,) = client.get(f"/dicomweb/studies?StudyInstanceUID={sc['StudyInstanceUID']}").get_json()
@@ -116,6 +158,20 @@ def test_includefield_adds_the_attribute(client):
     assert "00081030" in data
     (data,) = client.get("/dicomweb/studies?PatientID=1CT1").get_json()
     assert "00081030" not in data
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["includefield=StudyDescription,00321032", "includefield=StudyDescription&includefield=00321032",
+     "includefield=all"],
+    ids=["comma-separated", "repeated", "all"],
+)
+def test_includefield_forms(client, query):
+    (data,) = client.get(f"/dicomweb/studies?PatientID=1CT1&{query}").get_json()
+    description = pydicom.dcmread(CT["path"], stop_before_pixels=True).StudyDescription
+    assert data["00081030"] == {"vr": "LO", "Value": [description]}
+    if query != "includefield=all":
+        assert data["00321032"] == {"vr": "PN"}  # RequestingPhysician: asked for, unknown here
 
 
 def test_limit_offset_and_warning(client):
@@ -230,6 +286,34 @@ def test_series_metadata_has_the_instance_attributes_and_bulk_uri(client):
         "BulkDataURI": f"{BASE}/studies/{CT['StudyInstanceUID']}/series/{CT['SeriesInstanceUID']}"
         f"/instances/{CT['SOPInstanceUID']}/bulk/7FE00010",
     }
+
+
+@pytest.mark.parametrize(
+    ("criterion", "path", "other"),
+    [
+        ("STUDY_INSTANCE_UID", f"/dicomweb/studies?StudyInstanceUID={CT['StudyInstanceUID']}",
+         "/dicomweb/studies?PatientID=1CT1"),
+        ("STUDY_ACCESSION_NUMBER", "/dicomweb/studies?AccessionNumber=03086212",
+         "/dicomweb/studies?PatientID=1CT1"),
+        ("SERIE_INSTANCE_UID", f"/dicomweb/series?SeriesInstanceUID={CT['SeriesInstanceUID']}",
+         "/dicomweb/series?PatientID=1CT1"),
+        ("SOP_INSTANCE_UID", f"/dicomweb/instances?SOPInstanceUID={CT['SOPInstanceUID']}",
+         "/dicomweb/instances?PatientID=1CT1"),
+    ],
+)
+def test_each_deactivated_criterion_keeps_its_queries_from_the_connector(tmp_path, criterion,
+                                                                         path, other):
+    text = (ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(tmp_path))
+    data = yaml.safe_load(text)
+    data["connector"]["config"]["demo"]["search-criteria"] = {"deactivated": [criterion]}
+    app = create_app(load_settings_from_dict(data))
+    try:
+        web = app.test_client()
+        r = web.get(path)
+        assert (r.status_code, r.get_json()) == (200, [])
+        assert web.get(other).get_json() != []  # the connector still answers other queries
+    finally:
+        app.extensions["gateway"].close()
 
 
 def test_deactivated_criterion_is_not_sent_to_the_connector(tmp_path):
