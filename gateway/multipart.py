@@ -69,43 +69,73 @@ def parse_boundary(content_type: str) -> bytes:
 
 
 class _Buffer:
-    """The not yet decoded bytes of the body, filled from the chunk iterator on demand."""
+    """The not yet decoded bytes of the body: the current chunk (`data`, from `pos` on), the
+    next ones pulled from the chunk iterator on demand. A part's bytes are copied once, when it
+    is complete (joined from the chunks it spans), not gathered into a growing buffer first."""
 
     def __init__(self, chunks: Iterable[bytes], initial: bytes) -> None:
         self._chunks = iter(chunks)
-        self.data = bytearray(initial)
+        self.data = bytes(initial)
+        self.pos = 0
 
-    def fill(self) -> bool:
-        """Appends the next non-empty chunk; False at the end of the body."""
+    def _next(self) -> bytes | None:
+        """The next non-empty chunk; None at the end of the body."""
         for chunk in self._chunks:
             if chunk:
-                self.data += chunk
-                return True
-        return False
+                return bytes(chunk)
+        return None
 
     def need(self, size: int) -> bool:
         """True once at least `size` bytes are buffered; False if the body ends first."""
-        while len(self.data) < size:
-            if not self.fill():
+        while len(self.data) - self.pos < size:
+            chunk = self._next()
+            if chunk is None:
                 return False
+            self.data, self.pos = self.data[self.pos :] + chunk, 0
         return True
+
+    def peek(self, start: int, end: int) -> bytes:
+        """Buffered bytes `start` to `end` (relative to the unconsumed start; see `need`)."""
+        return self.data[self.pos + start : self.pos + end]
+
+    def skip(self, size: int) -> None:
+        self.pos += size
 
     def take_until(self, marker: bytes, limit: int | None, what: str) -> bytes:
         """Removes and returns the bytes before `marker`, and the marker itself from the buffer.
-        Each chunk is searched once (plus the marker's length of overlap)."""
-        start = 0
+        Each chunk is searched once; a marker split between two chunks is found in the few
+        bytes around their junction."""
+        pieces: list[memoryview] = []
+        held = 0
+        data, pos = self.data, self.pos
         while True:
-            index = self.data.find(marker, start)
+            index = data.find(marker, pos)
             if index >= 0:
-                with memoryview(self.data) as view:
-                    taken = bytes(view[:index])  # one copy of the part, not two
-                del self.data[: index + len(marker)]
-                return taken
-            if limit is not None and len(self.data) > limit + len(marker):
+                self.data, self.pos = data, index + len(marker)
+                if not pieces:
+                    return data[pos:index]
+                pieces.append(memoryview(data)[pos:index])
+                return b"".join(pieces)
+            held += len(data) - pos
+            if limit is not None and held > limit + len(marker):
                 raise ValueError(f"multipart {what} is larger than {limit} bytes")
-            start = max(0, len(self.data) - len(marker) + 1)
-            if not self.fill():
+            chunk = self._next()
+            if chunk is None:
                 raise ValueError(f"multipart body ended inside the {what}")
+            keep = min(len(marker) - 1, len(data) - pos)  # a marker may start in these
+            if len(chunk) < len(marker) - 1:  # a marker may span more chunks: merge the tail
+                pieces.append(memoryview(data)[pos : len(data) - keep])
+                held -= keep
+                data, pos = data[len(data) - keep :] + chunk, 0
+                continue
+            junction = data[len(data) - keep :] + chunk[: len(marker) - 1]
+            split = junction.find(marker)
+            if split >= 0:
+                pieces.append(memoryview(data)[pos : len(data) - keep + split])
+                self.data, self.pos = chunk, split + len(marker) - keep
+                return b"".join(pieces)
+            pieces.append(memoryview(data)[pos:])
+            data, pos = chunk, 0
 
 
 def iter_parts(
@@ -131,18 +161,18 @@ def _after_delimiter(buffer: _Buffer) -> bool:
     up to, not including, the CRLF that ends the delimiter line (False)."""
     if not buffer.need(2):
         raise ValueError("multipart body ended after a delimiter (no close delimiter)")
-    if buffer.data[:2] == b"--":
+    if buffer.peek(0, 2) == b"--":
         return True
     padding = 0
     while True:
         if not buffer.need(padding + 2):
             raise ValueError("multipart body ended after a delimiter (no close delimiter)")
-        if buffer.data[padding : padding + 2] == CRLF:
+        if buffer.peek(padding, padding + 2) == CRLF:
             break
-        if buffer.data[padding] not in _LWSP or padding >= MAX_PADDING_BYTES:
+        if buffer.peek(padding, padding + 1)[0] not in _LWSP or padding >= MAX_PADDING_BYTES:
             raise ValueError("multipart delimiter line has unexpected characters")
         padding += 1
-    del buffer.data[:padding]
+    buffer.skip(padding)
     return False
 
 
