@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -58,6 +59,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="YAML merged into the gateway's configuration (e.g. a gateway.cache block)",
     )
+    p.add_argument(
+        "--only",
+        choices=tuple(MEASUREMENTS),
+        action="append",
+        help="take only this measurement (repeatable); docs/ is not written unless --out is given",
+    )
     p.add_argument("--workers", type=int, help="gunicorn workers (default: gunicorn.conf.py's)")
     p.add_argument("--threads", type=int, help="threads per worker (default: gunicorn.conf.py's)")
     args = p.parse_args(argv)
@@ -70,12 +77,21 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _measure_all(b: Bench) -> list[report.Row]:
-    rows = measure.cached_rounds(b)
-    rows += measure.retrieval(b)
-    rows += measure.frames(b)
-    rows += streaming.memory(b)
-    rows += mix.mix(b)
+#: the measurements, in the table's order, by the name --only takes
+MEASUREMENTS: dict[str, Callable[[Bench], list[report.Row]]] = {
+    "search-metadata": measure.cached_rounds,
+    "retrieval": measure.retrieval,
+    "frames": measure.frames,
+    "memory": streaming.memory,
+    "mix": mix.mix,
+}
+
+
+def _measure_all(b: Bench, only: list[str] | None) -> list[report.Row]:
+    rows: list[report.Row] = []
+    for name, take in MEASUREMENTS.items():
+        if not only or name in only:
+            rows += take(b)
     return rows
 
 
@@ -137,7 +153,7 @@ def run(args: argparse.Namespace, scale: Scale, workdir: Path) -> report.Outcome
         stack.callback(relay.stop)
         bench = Bench(scale, info, servers, gateway, started, relay)
         bench.say(f"loaded: Orthanc {loads['orthanc']:.0f} s, dcmqrscp {loads['dcmqrscp']:.0f} s")
-        rows = _measure_all(bench)
+        rows = _measure_all(bench, args.only)
         workers = len(gateway.workers())
         facts = report.machine(
             backends.versions(servers.orthanc),
@@ -158,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         outcome = _run_in_workdir(args)
     print(report.table(outcome.rows))
-    out = args.out or (None if args.smoke else DOCS)
+    out = args.out or (None if args.smoke or args.only else DOCS)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(outcome.markdown())
