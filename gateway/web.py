@@ -3,7 +3,6 @@ public URLs, connector selection and response helpers."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from . import jsoncodec
+from . import gzipped, jsoncodec
 from .connectors.base import ResourceRef
 from .errors import BadRequest, GatewayError, NotFound
 from .query import check_uid
@@ -100,7 +99,7 @@ def json_response(body: Any, mimetype: str, warnings: Sequence[str] = ()) -> Res
     response = Response(mimetype=mimetype)
     response.vary.add("Accept-Encoding")
     if len(data) >= GZIP_FROM and request.accept_encodings["gzip"]:
-        response.set_data(gzip.compress(data, compresslevel=1))  # JSON shrinks well even so
+        response.set_data(gzipped.compress(data))
         response.headers["Content-Encoding"] = "gzip"
         tag += "-gzip"
     else:
