@@ -106,7 +106,22 @@ class CachedConnector:
         return [d for p in parts if p is not None for d in _load(p)]
 
     def _metadata(self, key: str, ref: ResourceRef, bulk_base: str) -> list[JsonDataset]:
-        return self._value(key, lambda: self.inner.retrieve_metadata(ref, bulk_base), _dump, _load)
+        """A series' (or an instance's) metadata, with its encoding (`jsoncodec.Encoded`): the
+        cache's bytes are the answer's, so it is not encoded a second time."""
+        encoded: list[bytes] = []
+
+        def dump(datasets: list[JsonDataset]) -> bytes:
+            encoded.append(_dump(datasets))
+            return encoded[0]
+
+        def load(data: bytes) -> list[JsonDataset]:
+            encoded.append(data)
+            return _load(data)
+
+        datasets = self._value(
+            key, lambda: self.inner.retrieve_metadata(ref, bulk_base), dump, load
+        )
+        return jsoncodec.Encoded(datasets, encoded[0]) if encoded else datasets
 
     def _value(
         self,

@@ -197,8 +197,9 @@ class Engine:
         with _guard(cid):
             datasets = self.backends[cid].connector.retrieve_metadata(ref, bulk_base)
         valid = [d for d in datasets if _valid_uids(d, Level.IMAGE)]
-        if len(valid) < len(datasets):
-            log.warning("connector %s sent metadata without valid UIDs (left out)", cid)
+        if len(valid) == len(datasets):
+            return datasets  # itself: it may carry its encoding (jsoncodec.Encoded)
+        log.warning("connector %s sent metadata without valid UIDs (left out)", cid)
         return valid
 
     def retrieve_instances(

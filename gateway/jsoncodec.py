@@ -15,8 +15,23 @@ from typing import Any
 import orjson
 
 
+class Encoded(list[Any]):
+    """A JSON array together with its encoding (`dumps` of the same items), for an answer that
+    goes out as it came from the metadata cache: `dumps` hands back those bytes instead of
+    encoding the array again (a 1,000-instance series is ~13 MB of JSON, ~30 ms to encode).
+    Made only where the bytes are at hand; whoever changes the items must pass on a plain list."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, items: list[Any], encoded: bytes) -> None:
+        super().__init__(items)
+        self.encoded = encoded
+
+
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON (non-ASCII characters as themselves)."""
+    if type(value) is Encoded:
+        return value.encoded
     try:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):

@@ -9,6 +9,7 @@ is what a cache changes. Expected answers come from the sample files."""
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from gateway import create_app
+from gateway import create_app, jsoncodec
 from gateway.cache import CachedConnector
 from gateway.cache_store import Flights, MemoryNamespace, RedisNamespace
 from gateway.config import ConfigError, load_settings_from_dict
@@ -304,6 +305,22 @@ def test_metadata_has_an_etag_and_if_none_match_gives_304(app: Any) -> None:
     assert again.status_code == 304 and again.data == b"" and again.headers["ETag"] == etag
     other = client.get(path, headers={"If-None-Match": '"not-it"'})
     assert other.status_code == 200 and other.data == first.data
+
+
+def test_series_metadata_goes_out_as_the_cache_holds_it(app: Any) -> None:
+    # miss and hit answer the same bytes, which are the metadata's own JSON encoding
+    client = app.test_client()
+    path = f"/dicomweb/studies/{CT['StudyInstanceUID']}/series/{CT['SeriesInstanceUID']}/metadata"
+    miss, hit = client.get(path), client.get(path)
+    assert miss.status_code == hit.status_code == 200
+    assert miss.data == hit.data == jsoncodec.dumps(json.loads(miss.data))
+    (data,) = hit.get_json()
+    assert data["00080018"]["Value"] == [CT["SOPInstanceUID"]]
+    # the engine hands the view the cache's bytes with the datasets: not encoded a second time
+    engine = app.extensions["gateway"].engine
+    ref = ResourceRef(CT["StudyInstanceUID"], CT["SeriesInstanceUID"])
+    got = engine.retrieve_metadata(ref, ["demo"], "http://localhost/dicomweb")
+    assert type(got) is jsoncodec.Encoded and got.encoded == hit.data
 
 
 def test_json_answers_are_gzipped_when_accepted(app: Any) -> None:

@@ -86,3 +86,11 @@ def test_a_failed_decode_turns_the_collector_back_on() -> None:
     with pytest.raises(ValueError):
         jsoncodec.loads(big_document()[:-1])
     assert gc.isenabled()
+
+
+def test_an_encoded_array_is_not_encoded_again() -> None:
+    items = [{"00080018": {"vr": "UI", "Value": ["1.2.3"]}}]
+    encoded = jsoncodec.dumps(items)
+    carried = jsoncodec.Encoded(items, encoded)
+    assert carried == items and jsoncodec.dumps(carried) is encoded
+    assert jsoncodec.dumps(list(carried)) == encoded  # a plain copy is encoded as usual
