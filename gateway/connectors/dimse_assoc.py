@@ -204,6 +204,13 @@ class Link:
         idle = self._acquire(key if reuse else None, deadline)
         kept = False
         try:
+            if idle is None and time.monotonic() >= deadline:
+                # the slot came free as the request ran out of time: no association to open
+                raise ConnectorTimeout(
+                    f"no free association (max-associations {self.dimse.max_associations})"
+                    " within the request time-out",
+                    self.connector,
+                )
             assoc = idle.assoc if idle else self._associate(contexts, roles, handlers, deadline)
             session = Session(
                 assoc, self.connector, self.timeouts.dimse, deadline if bounded else None
@@ -353,10 +360,11 @@ class Link:
             ) from exc
         if assoc.is_established:
             return assoc
-        raise self._not_established(assoc, bool(opened), time.monotonic() - started, ae)
+        timed_out = time.monotonic() >= deadline  # the ACSE time-out was the deadline's rest
+        raise self._not_established(assoc, bool(opened), time.monotonic() - started, ae, timed_out)
 
     def _not_established(
-        self, assoc: Association, opened: bool, elapsed: float, ae: AE
+        self, assoc: Association, opened: bool, elapsed: float, ae: AE, timed_out: bool = False
     ) -> ConnectorError:
         # the client hears about "the PACS" of the named connector; its address goes to the log
         where = "the PACS"
@@ -376,7 +384,7 @@ class Link:
                 return ConnectorTimeout(f"connection to {where} timed out", self.connector)
             tls = " (or TLS handshake failed)" if self.tls is not None else ""
             return ConnectorError(f"cannot connect to {where}{tls}", self.connector)
-        if assoc.is_aborted and elapsed < (ae.acse_timeout or 0) * 0.95:
+        if assoc.is_aborted and not timed_out and elapsed < (ae.acse_timeout or 0) * 0.95:
             return ConnectorError(f"association aborted by {where}", self.connector)
         return ConnectorTimeout(
             f"no association response from {where} within the ACSE time-out", self.connector

@@ -297,8 +297,8 @@ def test_waiting_for_a_free_association_is_bounded(fake: FakeScp) -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(search, conn, Level.STUDY) for _ in range(2)]
         errors = [f.exception() for f in futures]
-    assert all(isinstance(e, ConnectorTimeout) for e in errors)
-    assert any("no free association" in str(e) for e in errors)
+    assert all(isinstance(e, ConnectorTimeout) for e in errors), errors
+    assert any("no free association" in str(e) for e in errors), errors
 
 
 # --------------------------------------------------------------------------------------------
