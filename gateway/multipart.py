@@ -105,7 +105,7 @@ class _Buffer:
         """Removes and returns the bytes before `marker`, and the marker itself from the buffer.
         Each chunk is searched once; a marker split between two chunks is found in the few
         bytes around their junction."""
-        pieces: list[memoryview] = []
+        pieces: list[memoryview | bytearray] = []
         held = 0
         data, pos = self.data, self.pos
         while True:
@@ -114,7 +114,7 @@ class _Buffer:
                 self.data, self.pos = data, index + len(marker)
                 if not pieces:
                     return data[pos:index]
-                pieces.append(memoryview(data)[pos:index])
+                _hold(pieces, memoryview(data)[pos:index])
                 return b"".join(pieces)
             held += len(data) - pos
             if limit is not None and held > limit + len(marker):
@@ -124,18 +124,34 @@ class _Buffer:
                 raise ValueError(f"multipart body ended inside the {what}")
             keep = min(len(marker) - 1, len(data) - pos)  # a marker may start in these
             if len(chunk) < len(marker) - 1:  # a marker may span more chunks: merge the tail
-                pieces.append(memoryview(data)[pos : len(data) - keep])
+                _hold(pieces, memoryview(data)[pos : len(data) - keep])
                 held -= keep
                 data, pos = data[len(data) - keep :] + chunk, 0
                 continue
             junction = data[len(data) - keep :] + chunk[: len(marker) - 1]
             split = junction.find(marker)
             if split >= 0:
-                pieces.append(memoryview(data)[pos : len(data) - keep + split])
+                _hold(pieces, memoryview(data)[pos : len(data) - keep + split])
                 self.data, self.pos = chunk, split + len(marker) - keep
                 return b"".join(pieces)
-            pieces.append(memoryview(data)[pos:])
+            _hold(pieces, memoryview(data)[pos:])
             data, pos = chunk, 0
+
+
+#: Pieces of a part shorter than this are copied together instead of kept as views of their
+#: chunks: an upstream that sends tiny chunks must not cost a view (and its chunk) per chunk.
+SMALL_PIECE = 64 * 1024
+
+
+def _hold(pieces: list[memoryview | bytearray], piece: memoryview) -> None:
+    """Adds `piece` to the pieces of a part: a large one as a view of its chunk, a small one
+    copied onto the small pieces just before it."""
+    if len(piece) >= SMALL_PIECE:
+        pieces.append(piece)
+    elif pieces and isinstance(pieces[-1], bytearray):
+        pieces[-1] += piece
+    else:
+        pieces.append(bytearray(piece))
 
 
 def iter_parts(

@@ -213,3 +213,20 @@ def test_encoder_output_decodes_part_by_part_and_ends_with_the_close_delimiter()
     assert [p.body for p in decoded] == bodies
     assert [p.headers["content-type"] for p in decoded] == ["application/dicom"] * 3
     assert new_boundary() != boundary and len(boundary) == 32
+
+
+def test_a_part_in_tiny_chunks_costs_its_size_not_a_view_per_chunk():
+    # an upstream (or a proxy) may send HTTP chunks of a few bytes: the decoder's memory must
+    # stay about one part, not grow by an object per chunk (hundreds of bytes each)
+    import tracemalloc
+
+    size, step = 1 << 20, 8
+    body = b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + b"\x07" * size + b"\r\n--XyZ--\r\n"
+    tracemalloc.start()
+    try:
+        (part,) = iter_parts(CT, (body[i : i + step] for i in range(0, len(body), step)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert part.body == b"\x07" * size
+    assert peak < 3 * size, peak
