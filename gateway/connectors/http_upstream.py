@@ -50,7 +50,6 @@ CHUNK_SIZE = 1024 * 1024
 POOL_SIZE = 16
 #: Largest JSON answer (one QIDO page or one metadata request) read into memory.
 MAX_JSON_BYTES = 64 * 1024 * 1024
-DISCARD_LIMIT = 64 * 1024  # an unwanted body longer than this costs its connection instead
 DICOM_MEDIA_TYPE = "application/dicom"
 
 
@@ -195,15 +194,18 @@ class Upstream:
             yield chunk
 
     def discard(self, response: requests.Response, deadline: float | None, what: str) -> None:
-        """Reads a short answer whose body is not wanted (a 204, a 404) to its end, so that
-        its connection goes back to the pool; a longer one, or one that fails, is left for
-        `close()` to drop with its connection."""
-        seen = 0
+        """Gives the connection of an answer without a body (a 204 that declares none) back to
+        the pool. Any other unwanted answer is left for `close()` to drop with its connection:
+        reading a body nobody wants could take up to the time-outs, and a 204 that carries a
+        body anyway would leave it on the connection, to be read as the next request's answer."""
+        headers = response.headers
+        if response.status_code != 204 or "Transfer-Encoding" in headers:
+            return
+        if headers.get("Content-Length", "0").strip() != "0":
+            return
         with contextlib.suppress(ConnectorError):
-            for chunk in self.iter_body(response, deadline, what):
-                seen += len(chunk)
-                if seen > DISCARD_LIMIT:
-                    return
+            for _ in self.iter_body(response, deadline, what):
+                return  # a byte where none was declared: the connection goes with close()
 
     def read_json(self, response: requests.Response, deadline: float | None, what: str) -> Any:
         """The JSON body of a streamed response, read within `deadline`; None when empty."""

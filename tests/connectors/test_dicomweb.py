@@ -505,6 +505,56 @@ def test_one_kept_alive_connection_serves_a_connector_s_requests(build: Build) -
     assert set(ports[asked_by_first:]).isdisjoint(ports[:asked_by_first])
 
 
+def test_a_204_carrying_a_body_anyway_does_not_answer_the_next_request(build: Build) -> None:
+    # RFC 9110 15.3.5: a 204 has no content, so the HTTP client reads none even when one is
+    # declared; the bytes that follow (here, a whole response) must not be taken for the next
+    # request's answer on a kept-alive connection: that connection is dropped
+    stray = b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 2\r\n\r\n[]"
+    calls: list[int] = []
+
+    def answer(request: fakes.Request) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            h = request.handler
+            h.send_response(204)
+            h.send_header("Content-Length", str(len(stray)))
+            h.end_headers()
+            h.wfile.flush()
+            time.sleep(0.05)
+            h.wfile.write(stray)
+            h.wfile.flush()
+        else:
+            request.reply_json([{"0020000E": {"vr": "UI", "Value": [f"1.2.3.{len(calls)}"]}}])
+
+    with fakes.FakeServer({"/dicom-web/studies": answer}) as server:
+        connector = build(none_auth(server.url + "/dicom-web"))
+        series = [
+            uids(connector.search(query(Level.SERIES, [], {STUDY_UID: "1.2.3"})).datasets,
+                 SERIES_UID)
+            for _ in range(3)
+        ]
+    assert series == [[], ["1.2.3.2"], ["1.2.3.3"]]
+
+
+def test_an_unwanted_body_does_not_delay_the_answer(build: Build) -> None:
+    # a 404 whose body trickles (or never comes): the not-found answer does not wait for it
+    def slow_404(request: fakes.Request) -> None:
+        h = request.handler
+        h.send_response(404)
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        h.wfile.flush()
+        time.sleep(3)
+
+    with fakes.FakeServer({"/dicom-web/studies": slow_404}) as server:
+        connector = build(none_auth(server.url + "/dicom-web"))
+        started = time.monotonic()
+        assert connector.search(query(Level.SERIES, [], {STUDY_UID: "1.2.3"})).datasets == []
+        with pytest.raises(NotFound):
+            connector.retrieve_metadata(ResourceRef("1.2.3"), "http://gw/dicomweb")
+        assert time.monotonic() - started < 1.0
+
+
 def test_a_short_page_without_the_warning_ends_the_list(build: Build) -> None:
     paged = fakes.PagedSearch(studies_json(20), cap=4, warn=False)
     with fakes.FakeServer({"/dicom-web/studies": paged}) as server:
