@@ -44,6 +44,18 @@ from .part10 import DamagedObject
 log = logging.getLogger("gateway.transcode")
 T = TypeVar("T")
 
+
+def _drop_plugin_tracebacks(record: logging.LogRecord) -> bool:
+    """pydicom logs every failing codec plugin with `LOGGER.exception` (an ERROR and a traceback
+    for pixel data a plugin does not take, such as 32-bit values for JPEG 2000). The gateway
+    tries the plugins itself and logs each failure at DEBUG (`_first_plugin`); the request's
+    answer (406, 502) says what happened, so those records are dropped."""
+    return record.levelno < logging.ERROR
+
+
+for _name in ("pydicom.pixels.encoders.base", "pydicom.pixels.decoders.base"):
+    logging.getLogger(_name).addFilter(_drop_plugin_tracebacks)
+
 UNCOMPRESSED = {
     "1.2.840.10008.1.2": (True, True),  # Implicit VR Little Endian: (implicit, little)
     "1.2.840.10008.1.2.1": (False, True),  # Explicit VR Little Endian

@@ -3,6 +3,7 @@ source file (same pixels after decoding, same SOP Instance UID, the asked syntax
 meta) and PS3.18 8.7.3.5 (a syntax the gateway cannot produce is a 406)."""
 
 import io
+import logging
 
 import numpy as np
 import pydicom
@@ -147,6 +148,17 @@ def test_what_cannot_be_produced_is_406(name, target):
     with pytest.raises(NotAcceptable) as err:
         deliver(part_of(name), target)
     assert err.value.status == 406
+
+
+def test_a_plugin_that_fails_is_logged_at_debug_without_a_traceback(caplog):
+    # pydicom logs each failing plugin as an ERROR with a traceback: a 406 is not an error of
+    # the gateway's, so only its own DEBUG line names the plugin
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(NotAcceptable):
+        deliver(part_of("rtdose.dcm"), J2K_LOSSLESS)  # 32-bit: no JPEG 2000 encoder takes it
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    failures = [r.getMessage() for r in caplog.records if r.name == "gateway.transcode"]
+    assert failures and all(m.startswith("pixel data plugin ") for m in failures)
 
 
 def test_truncated_native_pixel_data_is_a_damaged_object():
