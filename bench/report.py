@@ -191,7 +191,9 @@ def reading_notes(runs: int) -> list[str]:
         (
             f"- Times and rates are medians over {runs} runs (the mix: one pass of a fixed number "
             "of requests after two warm-up passes); each row's direct figure comes from the same "
-            "run, taken in turn with the gateway's."
+            "run, taken in turn with the gateway's. In measurements 1 and 2 each cold request is "
+            "paired with the same request sent directly right before or after it (alternating "
+            "between runs), and that way's rows use those direct samples."
         ),
         (
             "- Ratio = gateway / direct. For times (ms) below 1 means the gateway is faster; for "
