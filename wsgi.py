@@ -1,5 +1,6 @@
 """WSGI entry point: `gunicorn wsgi:app` (worker settings in gunicorn.conf.py)."""
 
+import gc
 import sys
 
 from gateway import create_app
@@ -11,3 +12,9 @@ except ConfigError as exc:
     # a clear message, not a traceback; exit status 3 makes gunicorn stop instead of retrying
     print(f"configuration error:\n{exc}", file=sys.stderr)
     sys.exit(3)
+
+# What start-up built (about 90,000 objects: modules, pydicom's dictionaries, the connectors)
+# lives as long as the worker. Frozen, the cyclic collector no longer walks it: a full
+# collection, which comes due now and then in the middle of a request, took ~45 ms with it
+# and takes ~1 ms without it.
+gc.freeze()
