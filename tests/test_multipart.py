@@ -97,6 +97,28 @@ VALID = [
         [],
     ),
     (
+        "Content-Length right: the body is taken by its size",
+        CT,
+        b"--XyZ\r\nContent-Length: 5\r\n\r\nhello\r\n--XyZ\r\nContent-Length: 0\r\n\r\n\r\n--XyZ--",
+        [({"content-length": "5"}, b"hello"), ({"content-length": "0"}, b"")],
+    ),
+    (
+        "Content-Length too small, too large, past the end, not a number: the body is searched",
+        CT,
+        (
+            b"--XyZ\r\nContent-Length: 3\r\n\r\nhello\r\n--XyZ\r\n"
+            b"Content-Length: 9\r\n\r\nworld\r\n--XyZ\r\n"
+            b"Content-Length: x1\r\n\r\n!\r\n--XyZ\r\n"
+            b"Content-Length: 4000\r\n\r\nend\r\n--XyZ--"
+        ),
+        [
+            ({"content-length": "3"}, b"hello"),
+            ({"content-length": "9"}, b"world"),
+            ({"content-length": "x1"}, b"!"),
+            ({"content-length": "4000"}, b"end"),
+        ],
+    ),
+    (
         "binary body with every byte value",
         CT,
         b"--XyZ\r\n\r\n" + bytes(range(256)) * 3 + b"\r\n--XyZ--",
@@ -174,6 +196,13 @@ def test_max_part_bounds_a_part() -> None:
         list(iter_parts(CT, one_byte_chunks(body), max_part=100))
 
 
+@pytest.mark.parametrize("declared", [b"1000", b"50"])
+def test_max_part_bounds_a_part_whatever_content_length_says(declared: bytes) -> None:
+    body = b"--XyZ\r\nContent-Length: " + declared + b"\r\n\r\n" + b"x" * 1000 + b"\r\n--XyZ--"
+    with pytest.raises(ValueError, match="larger than 100 bytes"):
+        list(iter_parts(CT, one_byte_chunks(body), max_part=100))
+
+
 @pytest.mark.parametrize(
     "content_type, boundary",
     [
@@ -215,13 +244,15 @@ def test_encoder_output_decodes_part_by_part_and_ends_with_the_close_delimiter()
     assert new_boundary() != boundary and len(boundary) == 32
 
 
-def test_a_part_in_tiny_chunks_costs_its_size_not_a_view_per_chunk():
+@pytest.mark.parametrize("length", [False, True], ids=["searched", "by-content-length"])
+def test_a_part_in_tiny_chunks_costs_its_size_not_a_view_per_chunk(length: bool):
     # an upstream (or a proxy) may send HTTP chunks of a few bytes: the decoder's memory must
     # stay about one part, not grow by an object per chunk (hundreds of bytes each)
     import tracemalloc
 
     size, step = 1 << 20, 8
-    body = b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + b"\x07" * size + b"\r\n--XyZ--\r\n"
+    head = b"Content-Length: %d" % size if length else b"Content-Type: application/dicom"
+    body = b"--XyZ\r\n" + head + b"\r\n\r\n" + b"\x07" * size + b"\r\n--XyZ--\r\n"
     tracemalloc.start()
     try:
         (part,) = iter_parts(CT, (body[i : i + step] for i in range(0, len(body), step)))
@@ -230,3 +261,4 @@ def test_a_part_in_tiny_chunks_costs_its_size_not_a_view_per_chunk():
         tracemalloc.stop()
     assert part.body == b"\x07" * size
     assert peak < 3 * size, peak
+
