@@ -97,6 +97,7 @@ def negotiate_instances(header: str | None) -> tuple[str, ...]:
     if not (header or "").strip():
         return (EXPLICIT_VR_LITTLE_ENDIAN,)
     syntaxes: list[str] = []
+    invalid = False
     for r in parse_accept(header):
         if r.mimetype in ("*/*", "multipart/*"):
             syntaxes.append(EXPLICIT_VR_LITTLE_ENDIAN)
@@ -111,6 +112,10 @@ def negotiate_instances(header: str | None) -> tuple[str, ...]:
             syntaxes.append(EXPLICIT_VR_LITTLE_ENDIAN)
         elif syntax == "*" or is_uid(syntax):
             syntaxes.append(syntax)
+        else:
+            invalid = True
+    if not syntaxes and invalid:
+        raise NotAcceptable('the Accept header\'s transfer-syntax is neither a UID nor "*"')
     if not syntaxes:
         raise NotAcceptable('instances are served as multipart/related; type="application/dicom"')
     return tuple(dict.fromkeys(syntaxes))

@@ -64,13 +64,21 @@ def test_every_acceptable_syntax_in_order_of_preference(accept, syntaxes):
         "application/dicom+json",
         'multipart/related; type="application/octet-stream"',
         'multipart/related; type="application/dicom"; q=0',
-        'multipart/related; type="application/dicom"; transfer-syntax=notauid',
     ],
 )
 def test_instances_not_acceptable(accept):
     with pytest.raises(NotAcceptable) as err:
         negotiate_instances(accept)
     assert err.value.status == 406
+    assert err.value.message == 'instances are served as multipart/related; type="application/dicom"'
+
+
+@pytest.mark.parametrize("syntax", ["notauid", "1.2..3", "foo"])
+def test_a_transfer_syntax_that_is_not_a_uid_is_named_in_the_406(syntax):
+    with pytest.raises(NotAcceptable) as err:
+        negotiate_instances(f'multipart/related; type="application/dicom"; transfer-syntax={syntax}')
+    assert err.value.status == 406
+    assert "transfer-syntax is neither a UID" in err.value.message
 
 
 @pytest.mark.parametrize(
