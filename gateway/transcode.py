@@ -62,6 +62,9 @@ UNCOMPRESSED = {
     "1.2.840.10008.1.2.2": (False, False),  # Explicit VR Big Endian (retired)
 }
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
+#: How a client asks for objects as stored, in a 406's message (WADO-RS and WADO-URI spell it
+#: differently).
+AS_STORED = "ask for it as stored: transfer-syntax=* (WADO-RS) or transferSyntax=* (WADO-URI)"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
 #: The decoding plugin tried first for each syntax (the fastest of those measured here).
@@ -162,7 +165,7 @@ def _check_budget(ds: pydicom.Dataset) -> None:
     if size > MAX_DECODED_BYTES or frames < 1:
         raise NotAcceptable(
             f"an instance would decode to {size // 2**20} MiB, more than the gateway re-encodes "
-            f"({MAX_DECODED_BYTES // 2**20} MiB); ask for transfer-syntax=* to receive it as stored"
+            f"({MAX_DECODED_BYTES // 2**20} MiB); {AS_STORED}"
         )
 
 
@@ -172,7 +175,7 @@ def _check_possible(source: str, target: str, bits_stored: int) -> None:
     if not (produce and read):
         raise NotAcceptable(
             f"an instance is stored as {UID(source).name} and cannot be sent as "
-            f"{UID(target).name}; ask for transfer-syntax=* to receive it as stored"
+            f"{UID(target).name}; {AS_STORED}"
         )
 
 

@@ -270,6 +270,7 @@ def test_a_lossy_target_syntax_is_406(client):
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
     r = client.get(f"/dicomweb/studies/{CT['StudyInstanceUID']}", headers={"Accept": accept})
     assert r.status_code == 406
+    assert "transfer-syntax=* (WADO-RS)" in r.get_json()["error"]
 
 
 def test_series_metadata_has_the_instance_attributes_and_bulk_uri(client):

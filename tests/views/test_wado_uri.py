@@ -98,6 +98,7 @@ def test_a_valid_syntax_that_cannot_be_produced_is_406(client):
     """Uncompressed CT as JPEG baseline would add loss (PS3.18 8.7.3.5)."""
     r = client.get(wado(CT, f"{DICOM}&transferSyntax=1.2.840.10008.1.2.4.50"))
     assert r.status_code == 406 and r.get_json()["status"] == 406
+    assert "transferSyntax=* (WADO-URI)" in r.get_json()["error"]  # this protocol's spelling
 
 
 # -- rendered images -------------------------------------------------------------------------
