@@ -9,6 +9,9 @@ threads = int(os.environ.get("GATEWAY_THREADS", "16"))
 timeout = 120  # a worker silent this long is restarted; streaming threads keep it alive
 graceful_timeout = 30
 keepalive = 5
+# A QIDO-RS search by a list of UIDs is one long request line (100 UIDs of 64 characters are
+# 6.5 kB): gunicorn's largest bounded limit instead of its default 4094 bytes.
+limit_request_line = 8190
 # preload_app stays off: each worker builds its connectors and starts the C-MOVE storage SCP
 # (or its relay client) after the fork.
 preload_app = False

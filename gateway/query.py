@@ -56,8 +56,8 @@ _NO_WILDCARD_VRS = {
     "UN",
 }
 #: Bounds that keep a query cheap for every backend (SQL parameter limits, LIKE pattern limits).
-MAX_VALUE_LENGTH = 1024
-MAX_LIST_VALUES = 1000
+MAX_VALUE_LENGTH = 1024  # of one value, and of a list of values other than UIDs
+MAX_LIST_VALUES = 1000  # UIDs in a list (each at most 64 characters, PS3.5 9.1)
 MAX_OFFSET = 2**31 - 1
 
 
@@ -168,7 +168,7 @@ def parse_match(tag: int, value: str, parameter: str) -> Match:
     vr = dictionary_VR(tag)
     if vr == "SQ":
         raise BadRequest(f"{parameter}: sequence matching is not supported", parameter=parameter)
-    if len(value) > MAX_VALUE_LENGTH:
+    if len(value) > MAX_VALUE_LENGTH and vr != "UI":  # a UID list is bounded per UID, below
         raise BadRequest(f"{parameter}: longer than {MAX_VALUE_LENGTH} characters", parameter)
     if any(unicodedata.category(c) == "Cc" for c in value):
         # PS3.5 6.1: control characters belong to no DICOM string value

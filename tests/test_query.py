@@ -66,6 +66,32 @@ def test_bad_parameters_are_400_naming_them(pairs, parameter):
     assert err.value.parameter == parameter
 
 
+def _uids(count: int) -> list[str]:
+    """`count` distinct UIDs of the maximal 64 characters (PS3.5 9.1)."""
+    return [f"1.2.826.0.1.3680043.10.{n:05d}." + "9" * 35 for n in range(count)]
+
+
+def test_a_list_of_1000_uids_of_64_characters_is_one_list_match():
+    uids = _uids(1000)
+    assert {len(u) for u in uids} == {64}
+    query = parse_search(Level.STUDY, [("StudyInstanceUID", ",".join(uids))])
+    assert query.matches == (Match(UI, "list", tuple(uids)),)
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        ([("StudyInstanceUID", ",".join(_uids(1001)))], "StudyInstanceUID: more than 1000 values"),
+        ([("PatientName", "A" * 1025)], "PatientName: longer than 1024 characters"),
+        ([("Modality", ",".join(["CT"] * 342))], "Modality: longer than 1024 characters"),
+    ],
+)
+def test_values_beyond_the_bounds_are_400_saying_which(pairs, message):
+    with pytest.raises(BadRequest) as err:
+        parse_search(Level.STUDY, pairs)
+    assert err.value.status == 400 and err.value.message == message
+
+
 def test_includefield_repeated_comma_separated_and_all():
     query = parse_search(
         Level.STUDY,

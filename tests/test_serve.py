@@ -49,6 +49,16 @@ def test_gunicorn_serves_the_demo_archive(tmp_path):
         assert sorted(d["0020000D"]["Value"][0] for d in r.json()) == samples.studies()
         ready = requests.get(f"{base}/readyz", timeout=10)
         assert ready.json() == {"ready": True, "connectors": {"demo": "ok"}}
+        # a search by 100 UIDs of 64 characters: a 6.6 kB request line (gunicorn's default
+        # limit is 4094 bytes), the study asked for among 99 unknown ones
+        study = samples.studies()[0]
+        uids = [study] + [f"1.2.826.0.1.3680043.10.1{n:03d}." + "9" * 35 for n in range(99)]
+        assert all(len(u) <= 64 for u in uids)
+        r = requests.get(f"{base}/dicomweb/studies", params={"StudyInstanceUID": ",".join(uids)},
+                         timeout=10)
+        assert len(r.request.url) > 6400
+        assert r.status_code == 200, r.text
+        assert [d["0020000D"]["Value"][0] for d in r.json()] == [study]
     finally:
         stop_process(proc)
 
