@@ -232,6 +232,11 @@ def bulk_uri(base: str, study: str, series: str, instance: str, path: tuple[str,
     return f"{base}/studies/{study}/series/{series}/instances/{instance}/bulk/{'/'.join(path)}"
 
 
+#: SpecificCharacterSet (JSON is UTF-8) and Data Set Trailing Padding (PS3.10: padding that
+#: carries no information).
+_NOT_CARRIED = ("00080005", "FFFCFFFC")
+
+
 def from_pydicom(ds: Dataset, bulk: BulkHandler | None = None) -> JsonDataset:
     """A pydicom dataset as DICOM JSON. Binary values (OB, OW, ..., UN) become BulkDataURIs made
     by `bulk` from their tag path or, without it, are left out. Text is already decoded by
@@ -245,7 +250,7 @@ def _from_pydicom(ds: Dataset, path: tuple[str, ...], bulk: BulkHandler | None) 
     out: JsonDataset = {}
     for tag in list(ds.keys()):  # not `in ds`: a Dataset's iterator reads deferred values
         tag_key = key(int(tag))
-        if tag.element == 0 or tag_key == "00080005":
+        if tag.element == 0 or tag_key in _NOT_CARRIED:
             continue
         deferred = _deferred_bulk_vr(ds.get_item(tag, keep_deferred=True))
         if deferred is not None:

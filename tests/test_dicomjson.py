@@ -73,6 +73,14 @@ def test_from_pydicom_pixel_data_becomes_a_bulk_data_uri():
     assert all(k == k.upper() and len(k) == 8 for k in out)
 
 
+def test_data_set_trailing_padding_is_not_carried():
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 16)  # padding some writers leave at the end
+    out = dicomjson.from_pydicom(ds, lambda path: "http://gw/bulk/" + "/".join(path))
+    assert "FFFCFFFC" not in out
+    assert list(out)[-1] == "7FE00010"
+
+
 def test_series_answer_carries_study_attributes_when_not_scoped():
     query = parse_search(Level.SERIES, [])
     tags, optional = dicomjson.return_tags(query, scoped_study=False, scoped_series=False)
