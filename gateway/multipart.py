@@ -262,13 +262,25 @@ def new_boundary() -> str:
     return secrets.token_hex(16)
 
 
+#: A part body this large is yielded as it is, between its header and its delimiter, instead of
+#: being copied into one chunk with them (the server copies it once more to frame it).
+SEPARATE_BODY = 64 * 1024
+
+
 def encode(parts: Iterable[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
-    """Yields the body one part at a time (RFC 2046 5.1.1). Each chunk ends with the delimiter
-    that follows its part, so a client whose stream breaks knows that every part it saw
-    complete was sent whole; the last chunk is the `--` that makes it the close delimiter."""
+    """Yields the body one part at a time (RFC 2046 5.1.1). The delimiter that follows a part
+    is yielded before the next part is asked for, so a client whose stream breaks knows that
+    every part it saw complete was sent whole; the last chunk is the `--` that makes it the
+    close delimiter. A small part comes in one chunk with its header and delimiter, a large
+    one (`SEPARATE_BODY`) in three, its body not copied."""
     delimiter = f"--{boundary}".encode("ascii")
     yield delimiter
     for content_type, body in parts:
         head = CRLF + b"Content-Type: " + content_type.encode("ascii") + CRLF + CRLF
-        yield b"".join((head, body, CRLF, delimiter))
+        if len(body) < SEPARATE_BODY:
+            yield b"".join((head, body, CRLF, delimiter))
+        else:  # not copied into one chunk; the delimiter still follows before the next part
+            yield head
+            yield body
+            yield CRLF + delimiter
     yield b"--" + CRLF

@@ -244,6 +244,19 @@ def test_encoder_output_decodes_part_by_part_and_ends_with_the_close_delimiter()
     assert new_boundary() != boundary and len(boundary) == 32
 
 
+def test_a_large_part_body_is_yielded_as_it_is_between_its_header_and_delimiter():
+    from gateway.multipart import SEPARATE_BODY, encode, iter_parts
+
+    large, small = b"\x05" * SEPARATE_BODY, b"\x06" * 10
+    chunks = list(encode([("application/dicom", large), ("application/dicom", small)], "B0"))
+    head = b"\r\nContent-Type: application/dicom\r\n\r\n"
+    assert chunks[:4] == [b"--B0", head, large, b"\r\n--B0"]
+    assert chunks[2] is large  # not copied
+    assert chunks[4:] == [head + small + b"\r\n--B0", b"--\r\n"]
+    decoded = iter_parts('multipart/related; type="application/dicom"; boundary=B0', chunks)
+    assert [p.body for p in decoded] == [large, small]
+
+
 @pytest.mark.parametrize("length", [False, True], ids=["searched", "by-content-length"])
 def test_a_part_in_tiny_chunks_costs_its_size_not_a_view_per_chunk(length: bool):
     # an upstream (or a proxy) may send HTTP chunks of a few bytes: the decoder's memory must
