@@ -197,7 +197,7 @@ class DimseConnector:
         scp = self.storage_scp
         if moving and scp is None:
             raise ConnectorError(
-                "C-MOVE is not supported yet: gateway.storage-scp is not configured (the PACS "
+                "C-MOVE needs gateway.storage-scp, which is not configured (the PACS "
                 "sends the objects of a C-MOVE to the gateway's storage SCP)",
                 self.id,
             )

@@ -135,9 +135,9 @@ class FakeScp:
         self._ended(event)
 
     def _on_aborted(self, event: evt.Event) -> None:
-        self._ended(event)
         with self._lock:
-            self.aborted += 1
+            self.aborted += 1  # counted before the association is seen as ended
+        self._ended(event)
 
     def _on_released(self, event: evt.Event) -> None:
         with self._lock:
