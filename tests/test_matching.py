@@ -12,8 +12,11 @@ DATA = {
     "00080061": {"vr": "CS", "Value": ["CT", "SR"]},
     "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
     "00081030": {"vr": "LO", "Value": ["50% dose_test"]},
+    "0008002A": {"vr": "DT", "Value": ["20240315101500.25"]},
 }
-ALL = frozenset({0x00100010, 0x00080020, 0x00080030, 0x00080061, 0x0020000D, 0x00081030})
+ALL = frozenset(
+    {0x00100010, 0x00080020, 0x00080030, 0x00080061, 0x0020000D, 0x00081030, 0x0008002A}
+)
 
 
 @pytest.mark.parametrize(
@@ -29,6 +32,10 @@ ALL = frozenset({0x00100010, 0x00080020, 0x00080030, 0x00080061, 0x0020000D, 0x0
         ([("StudyDate", "-20240315")], True),
         ([("StudyTime", "1015-1016")], True),
         ([("StudyTime", "1016-")], False),
+        ([("AcquisitionDateTime", "20240315-20240316")], True),  # DT bounds of any precision
+        ([("AcquisitionDateTime", "20240314-20240314")], False),
+        ([("AcquisitionDateTime", "20240315101600-")], False),
+        ([("AcquisitionDateTime", "-20240315101500")], True),
         ([("ModalitiesInStudy", "SR")], True),
         ([("ModalitiesInStudy", "MR,CT")], True),
         ([("ModalitiesInStudy", "MR")], False),

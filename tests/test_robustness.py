@@ -869,6 +869,17 @@ def test_a_pacs_aborting_before_the_answer_starts_is_502(
     assert body["connector"] == "pacs"
 
 
+def test_a_c_find_failure_status_is_a_502_naming_the_status_and_the_connector(
+    series_scp: FakeScp,
+) -> None:
+    series_scp.fail_with = lambda ident: 0xA900  # "Identifier does not match SOP Class"
+    app = build({"pacs": dimse_connector(series_scp.port, timeouts=FAST)})
+    body = error_of(app.test_client().get("/dicomweb/studies"), 502)
+    app.extensions["gateway"].close()
+    assert body["connector"] == "pacs"
+    assert "0xA900" in body["error"]
+
+
 @pytest.mark.parametrize("scheme", ["postgresql", "jdbc:mysql"])
 def test_a_database_that_is_down_is_502_naming_it(scheme: str) -> None:
     app = build(
