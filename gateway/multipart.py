@@ -9,8 +9,8 @@ parts, one at a time, as soon as each part is complete. It keeps at most one par
 in memory, so memory is bounded by the largest part, never by the whole body. Malformed input
 (no boundary parameter, no opening or closing delimiter, junk after a delimiter, a header line
 without a colon, a part above `max_part`) raises ValueError. A part whose headers give its
-Content-Length is taken by that size without searching its body for the boundary, when the
-delimiter follows exactly there; otherwise (no or a wrong size) its body is searched.
+Content-Length (up to `TRUSTED_SIZE`) is taken by that size without searching its body for
+the boundary, when the delimiter follows exactly there; otherwise its body is searched.
 
 Pure: no Flask, no requests.
 """
@@ -205,11 +205,17 @@ def iter_parts(
         headers = _parse_headers(header_block)
         body = None
         size = _declared_size(headers)
-        if size is not None and (max_part is None or size <= max_part):
+        if size is not None and size <= min(max_part or TRUSTED_SIZE, TRUSTED_SIZE):
             body = buffer.take_exact(size, delimiter)  # no scan: many servers give the size
         if body is None:
             body = buffer.take_until(delimiter, max_part, "part body (no closing delimiter)")
         yield Part(headers, body)
+
+
+#: The largest Content-Length taken on trust: a wrong one makes the decoder hold that many bytes
+#: (and a copy of them) before it finds out and searches instead, so a lying or broken server
+#: costs at most about twice this much. Larger parts are searched.
+TRUSTED_SIZE = 8 * 1024 * 1024
 
 
 def _declared_size(headers: dict[str, str]) -> int | None:

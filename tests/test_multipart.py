@@ -275,3 +275,32 @@ def test_a_part_in_tiny_chunks_costs_its_size_not_a_view_per_chunk(length: bool)
     assert part.body == b"\x07" * size
     assert peak < 3 * size, peak
 
+
+
+def test_a_content_length_that_lies_costs_at_most_the_trusted_size():
+    # a first part claiming a huge size: the decoder must not hold the rest of the stream
+    # (a whole study) before it finds the claim wrong; parts come out as they complete
+    import tracemalloc
+
+    from gateway.multipart import TRUSTED_SIZE
+
+    part = b"\x09" * (1 << 20)
+    claims = [b"99999999999999", b"%d" % TRUSTED_SIZE]
+    heads = [b"--XyZ\r\nContent-Length: " + c + b"\r\n\r\n" for c in claims]
+
+    def stream():
+        for i in range(40):  # 40 MiB in all
+            yield heads[i % 2] + part + b"\r\n"
+        yield b"--XyZ--\r\n"
+
+    tracemalloc.start()
+    try:
+        count = 0
+        for p in iter_parts(CT, stream()):
+            assert p.body == part
+            count += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 40
+    assert peak < 2 * TRUSTED_SIZE + 8 * len(part), peak
