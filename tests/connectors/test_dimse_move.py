@@ -441,7 +441,7 @@ def test_second_worker_is_relayed_and_takes_over_when_the_owner_stops(tmp_path: 
 
 def test_c_move_without_a_storage_scp_is_a_clear_error() -> None:
     conn = move_connector(1, "FAKEMOVE", None)  # nothing listens on port 1: no network used
-    with pytest.raises(ConnectorError, match="gateway.storage-scp is not configured"):
+    with pytest.raises(ConnectorError, match="C-MOVE needs gateway.storage-scp, which is not configured"):
         next(conn.retrieve_instances(ResourceRef("1.2.3.4"), "*"))
 
 
