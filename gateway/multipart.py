@@ -8,9 +8,9 @@ and a streaming decoder.
 parts, one at a time, as soon as each part is complete. It keeps at most one part plus one chunk
 in memory, so memory is bounded by the largest part, never by the whole body. Malformed input
 (no boundary parameter, no opening or closing delimiter, junk after a delimiter, a header line
-without a colon, a part above `max_part`) raises ValueError. A part whose headers give its
-Content-Length (up to `TRUSTED_SIZE`) is taken by that size without searching its body for
-the boundary, when the delimiter follows exactly there; otherwise its body is searched.
+without a colon, a part above `max_part`) raises ValueError. A part's Content-Length header,
+which some servers add, is not used: the delimiter alone ends a part (RFC 2046), and finding it
+costs the same pass over the body that checking a declared size against it would.
 
 Pure: no Flask, no requests.
 """
@@ -139,39 +139,6 @@ class _Buffer:
             _hold(pieces, memoryview(data)[pos:])
             data, pos = chunk, 0
 
-    def take_exact(self, size: int, marker: bytes) -> bytes | None:
-        """Removes and returns the next `size` bytes and the `marker` that must follow them,
-        without searching them; None, with nothing removed, when `marker` does not follow
-        (the size was wrong) or the body ends first."""
-        pieces: list[memoryview | bytearray] = []
-        data, pos, missing = self.data, self.pos, size
-        while len(data) - pos < missing:
-            _hold(pieces, memoryview(data)[pos:])
-            missing -= len(data) - pos
-            chunk = self._next()
-            if chunk is None:
-                self.data, self.pos = b"".join(pieces), 0
-                return None
-            data, pos = chunk, 0
-        end = pos + missing
-        last = memoryview(data)[pos:end]
-        rest, at = data, end
-        if len(data) - end < len(marker):  # the marker may go on in the next chunks
-            rest, at = data[end:], 0
-            while len(rest) < len(marker):
-                chunk = self._next()
-                if chunk is None:
-                    break
-                rest += chunk
-        if not rest.startswith(marker, at):
-            self.data, self.pos = b"".join((*pieces, last, memoryview(rest)[at:])), 0
-            return None
-        self.data, self.pos = rest, at + len(marker)
-        if not pieces:
-            return bytes(last)
-        _hold(pieces, last)
-        return b"".join(pieces)
-
 
 #: Pieces of a part shorter than this are copied together instead of kept as views of their
 #: chunks: an upstream that sends tiny chunks must not cost a view (and its chunk) per chunk.
@@ -203,26 +170,8 @@ def iter_parts(
     while not _after_delimiter(buffer):
         header_block = buffer.take_until(CRLF + CRLF, MAX_HEADER_BYTES, "part headers")
         headers = _parse_headers(header_block)
-        body = None
-        size = _declared_size(headers)
-        if size is not None and size <= min(max_part or TRUSTED_SIZE, TRUSTED_SIZE):
-            body = buffer.take_exact(size, delimiter)  # no scan: many servers give the size
-        if body is None:
-            body = buffer.take_until(delimiter, max_part, "part body (no closing delimiter)")
+        body = buffer.take_until(delimiter, max_part, "part body (no closing delimiter)")
         yield Part(headers, body)
-
-
-#: The largest Content-Length taken on trust: a wrong one makes the decoder hold that many bytes
-#: (and a copy of them) before it finds out and searches instead, so a lying or broken server
-#: costs at most about twice this much. Larger parts are searched.
-TRUSTED_SIZE = 8 * 1024 * 1024
-
-
-def _declared_size(headers: dict[str, str]) -> int | None:
-    """A part's Content-Length (not a MIME header, but many servers send it, Orthanc among
-    them): trusted only where the delimiter follows exactly that many bytes."""
-    value = headers.get("content-length", "")
-    return int(value) if value.isascii() and value.isdigit() and len(value) <= 15 else None
 
 
 def _after_delimiter(buffer: _Buffer) -> bool:
@@ -287,6 +236,6 @@ def encode(parts: Iterable[tuple[str, bytes]], boundary: str) -> Iterator[bytes]
             yield b"".join((head, body, CRLF, delimiter))
         else:  # not copied into one chunk; the delimiter still follows before the next part
             yield head
-            yield body
+            yield body if isinstance(body, bytes) else bytes(body)  # servers want bytes
             yield CRLF + delimiter
     yield b"--" + CRLF
