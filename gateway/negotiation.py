@@ -60,6 +60,10 @@ def parse_media_type(item: str) -> tuple[str, dict[str, str]]:
     return mimetype.strip().lower(), params
 
 
+#: The 406 for an Accept whose only ranges name a transfer-syntax that cannot be one.
+NOT_A_SYNTAX = 'the Accept header\'s transfer-syntax is neither a UID nor "*"'
+
+
 def parse_accept(header: str | None) -> list[MediaRange]:
     """Media ranges by decreasing q (ties keep their order); q=0 ranges are dropped."""
     ranges: list[MediaRange] = []
@@ -70,6 +74,8 @@ def parse_accept(header: str | None) -> list[MediaRange]:
         try:
             q = float(params.pop("q", "1"))
         except ValueError:
+            q = 1.0
+        if not 0.0 <= q <= 1.0:  # NaN too: a qvalue is 0 to 1 (RFC 9110 12.4.2)
             q = 1.0
         if q <= 0:
             continue
@@ -115,7 +121,7 @@ def negotiate_instances(header: str | None) -> tuple[str, ...]:
         else:
             invalid = True
     if not syntaxes and invalid:
-        raise NotAcceptable('the Accept header\'s transfer-syntax is neither a UID nor "*"')
+        raise NotAcceptable(NOT_A_SYNTAX)
     if not syntaxes:
         raise NotAcceptable('instances are served as multipart/related; type="application/dicom"')
     return tuple(dict.fromkeys(syntaxes))
@@ -207,9 +213,11 @@ def frame_ranges(header: str | None, count: int) -> list[FrameRange]:
     if not (header or "").strip():
         return [FrameRange("*/*", None, True)]
     ranges: list[FrameRange] = []
+    invalid = False
     for r in parse_accept(header):
         syntax = r.param("transfer-syntax")
         if syntax is not None and syntax != "*" and not is_uid(syntax):
+            invalid = True
             continue
         if r.mimetype in _WILDCARDS:
             ranges.append(FrameRange("*/*", syntax, True))
@@ -219,6 +227,8 @@ def frame_ranges(header: str | None, count: int) -> list[FrameRange]:
                 ranges.append(FrameRange(part, syntax, True))
         elif count == 1 and _describes_frames(r.mimetype):
             ranges.append(FrameRange(r.mimetype, syntax, False))
+    if not ranges and invalid:
+        raise NotAcceptable(NOT_A_SYNTAX)
     if not ranges:
         raise NotAcceptable(
             'frames are served as multipart/related; type="application/octet-stream" or as '

@@ -3,7 +3,7 @@
 import pytest
 
 from gateway.errors import NotAcceptable
-from gateway.negotiation import negotiate_instances, negotiate_json
+from gateway.negotiation import frame_ranges, negotiate_instances, negotiate_json
 
 EVRLE = "1.2.840.10008.1.2.1"
 
@@ -52,6 +52,13 @@ def test_instances(accept, syntax):
             " */*;q=0.1"),
             ("1.2.840.10008.1.2.2", EVRLE),
         ),
+        (  # an invalid q (NaN, out of 0..1) counts as 1: it does not upset the order of others
+            ('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1;'
+            'q=0.1, multipart/related; type="application/dicom"; transfer-syntax=*;q=nan,'
+            ' multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2;'
+            "q=0.9"),
+            ("*", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"),
+        ),
     ],
 )
 def test_every_acceptable_syntax_in_order_of_preference(accept, syntaxes):
@@ -77,6 +84,10 @@ def test_instances_not_acceptable(accept):
 def test_a_transfer_syntax_that_is_not_a_uid_is_named_in_the_406(syntax):
     with pytest.raises(NotAcceptable) as err:
         negotiate_instances(f'multipart/related; type="application/dicom"; transfer-syntax={syntax}')
+    assert err.value.status == 406
+    assert "transfer-syntax is neither a UID" in err.value.message
+    with pytest.raises(NotAcceptable) as err:  # frames too
+        frame_ranges(f'multipart/related; type="application/octet-stream"; transfer-syntax={syntax}', 1)
     assert err.value.status == 406
     assert "transfer-syntax is neither a UID" in err.value.message
 
