@@ -168,17 +168,18 @@ def parse_match(tag: int, value: str, parameter: str) -> Match:
     vr = dictionary_VR(tag)
     if vr == "SQ":
         raise BadRequest(f"{parameter}: sequence matching is not supported", parameter=parameter)
-    if len(value) > MAX_VALUE_LENGTH and vr != "UI":  # a UID list is bounded per UID, below
-        raise BadRequest(f"{parameter}: longer than {MAX_VALUE_LENGTH} characters", parameter)
+    if vr == "UI" and value.count(",") + value.count("\\") >= MAX_LIST_VALUES:
+        raise BadRequest(f"{parameter}: more than {MAX_LIST_VALUES} values", parameter)
+    longest = MAX_LIST_VALUES * 65 if vr == "UI" else MAX_VALUE_LENGTH  # 1000 UIDs and commas
+    if len(value) > longest:
+        raise BadRequest(f"{parameter}: longer than {longest} characters", parameter)
     if any(unicodedata.category(c) == "Cc" for c in value):
         # PS3.5 6.1: control characters belong to no DICOM string value
         raise BadRequest(f"{parameter}: control characters are not allowed", parameter)
     if value == "":
         return Match(tag, "universal")
     if vr == "UI":
-        uids = tuple(v for v in re.split(r"[,\\]", value))
-        if len(uids) > MAX_LIST_VALUES:
-            raise BadRequest(f"{parameter}: more than {MAX_LIST_VALUES} values", parameter)
+        uids = tuple(v for v in re.split(r"[,\\]", value))  # at most MAX_LIST_VALUES (above)
         for uid in uids:
             check_uid(uid, parameter)
         return Match(tag, "list" if len(uids) > 1 else "single", uids)

@@ -84,6 +84,8 @@ def test_a_list_of_1000_uids_of_64_characters_is_one_list_match():
         ([("StudyInstanceUID", ",".join(_uids(1001)))], "StudyInstanceUID: more than 1000 values"),
         ([("PatientName", "A" * 1025)], "PatientName: longer than 1024 characters"),
         ([("Modality", ",".join(["CT"] * 342))], "Modality: longer than 1024 characters"),
+        ([("StudyInstanceUID", "1," * 400000)], "StudyInstanceUID: more than 1000 values"),
+        ([("StudyInstanceUID", "1" * 70000)], "StudyInstanceUID: longer than 65000 characters"),
     ],
 )
 def test_values_beyond_the_bounds_are_400_saying_which(pairs, message):
