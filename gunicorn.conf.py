@@ -1,6 +1,8 @@
 """gunicorn settings. Threads, since retrieval responses stream for as long as a study takes."""
 
 import os
+import subprocess
+import sys
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 worker_class = "gthread"
@@ -34,3 +36,24 @@ logconfig_dict = {
     },
     "root": {"level": "WARNING", "handlers": ["stderr"]},
 }
+
+
+_CHECK = """
+import sys
+from gateway.config import ConfigError, load_settings
+try:
+    load_settings()
+except ConfigError as exc:
+    print(f"configuration error:\\n{exc}", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def on_starting(server):
+    """The configuration is checked once, before any worker starts: when every worker found it
+    wrong on its own, gunicorn could print a traceback of its own after the message. Run in a
+    child process, so that the master does not import the gateway."""
+    if getattr(server.app, "app_uri", None) != "wsgi:app":
+        return  # another app with these settings (bench/relay.py)
+    if subprocess.run([sys.executable, "-c", _CHECK], check=False).returncode == 3:
+        sys.exit(3)
