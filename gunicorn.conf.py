@@ -38,22 +38,12 @@ logconfig_dict = {
 }
 
 
-_CHECK = """
-import sys
-from gateway.config import ConfigError, load_settings
-try:
-    load_settings()
-except ConfigError as exc:
-    print(f"configuration error:\\n{exc}", file=sys.stderr)
-    sys.exit(3)
-"""
-
-
 def on_starting(server):
     """The configuration is checked once, before any worker starts: when every worker found it
     wrong on its own, gunicorn could print a traceback of its own after the message. Run in a
-    child process, so that the master does not import the gateway."""
+    child process (`python -m gateway.config`), so that the master does not import the gateway;
+    it exits with 3 (gateway.config.EXIT_CONFIG) when the file cannot be used."""
     if getattr(server.app, "app_uri", None) != "wsgi:app":
         return  # another app with these settings (bench/relay.py)
-    if subprocess.run([sys.executable, "-c", _CHECK], check=False).returncode == 3:
+    if subprocess.run([sys.executable, "-m", "gateway.config"], check=False).returncode == 3:
         sys.exit(3)

@@ -1,17 +1,14 @@
 """WSGI entry point: `gunicorn wsgi:app` (worker settings in gunicorn.conf.py)."""
 
 import gc
-import sys
 
 from gateway import create_app
-from gateway.config import ConfigError
+from gateway.config import ConfigError, exit_with
 
 try:
     app = create_app()
 except ConfigError as exc:
-    # a clear message, not a traceback; exit status 3 makes gunicorn stop instead of retrying
-    print(f"configuration error:\n{exc}", file=sys.stderr)
-    sys.exit(3)
+    exit_with(exc)  # the message, and a status that makes gunicorn stop instead of retrying
 
 # What start-up built (about 90,000 objects: modules, pydicom's dictionaries, the connectors)
 # lives as long as the worker. Frozen, the cyclic collector no longer walks it: a full

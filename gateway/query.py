@@ -57,7 +57,8 @@ _NO_WILDCARD_VRS = {
 }
 #: Bounds that keep a query cheap for every backend (SQL parameter limits, LIKE pattern limits).
 MAX_VALUE_LENGTH = 1024  # of one value, and of a list of values other than UIDs
-MAX_LIST_VALUES = 1000  # UIDs in a list (each at most 64 characters, PS3.5 9.1)
+MAX_LIST_VALUES = 1000  # UIDs in a list
+MAX_UID_LENGTH = 64  # PS3.5 9.1
 MAX_OFFSET = 2**31 - 1
 
 
@@ -82,7 +83,7 @@ UID_OF_LEVEL = {Level.STUDY: STUDY_UID, Level.SERIES: SERIES_UID, Level.IMAGE: S
 
 def is_uid(value: str) -> bool:
     """PS3.5 9.1: digits and dots, at most 64 characters (leading zeros are tolerated)."""
-    return len(value) <= 64 and UID_RE.fullmatch(value) is not None
+    return len(value) <= MAX_UID_LENGTH and UID_RE.fullmatch(value) is not None
 
 
 def check_uid(value: str, name: str) -> str:
@@ -170,7 +171,8 @@ def parse_match(tag: int, value: str, parameter: str) -> Match:
         raise BadRequest(f"{parameter}: sequence matching is not supported", parameter=parameter)
     if vr == "UI" and value.count(",") + value.count("\\") >= MAX_LIST_VALUES:
         raise BadRequest(f"{parameter}: more than {MAX_LIST_VALUES} values", parameter)
-    longest = MAX_LIST_VALUES * 65 if vr == "UI" else MAX_VALUE_LENGTH  # 1000 UIDs and commas
+    # a UID list: its UIDs and their separators
+    longest = MAX_LIST_VALUES * (MAX_UID_LENGTH + 1) if vr == "UI" else MAX_VALUE_LENGTH
     if len(value) > longest:
         raise BadRequest(f"{parameter}: longer than {longest} characters", parameter)
     if any(unicodedata.category(c) == "Cc" for c in value):

@@ -29,11 +29,16 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.1)
 
 
-def test_gunicorn_serves_the_demo_archive(tmp_path):
+def demo_config(tmp_path: Path) -> str:
+    """The default configuration, with its demo archive in `tmp_path`."""
     config = (ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(tmp_path / "demo"))
     (tmp_path / "gateway.yml").write_text(config)
+    return str(tmp_path / "gateway.yml")
+
+
+def test_gunicorn_serves_the_demo_archive(tmp_path):
     port = free_port()
-    env = {**os.environ, "GATEWAY_CONFIG": str(tmp_path / "gateway.yml"),
+    env = {**os.environ, "GATEWAY_CONFIG": demo_config(tmp_path),
            "GATEWAY_BIND": f"127.0.0.1:{port}", "GATEWAY_WORKERS": "2"}
     log = tmp_path / "gunicorn.log"
     with log.open("wb") as out:
@@ -91,12 +96,25 @@ def test_a_bad_configuration_stops_gunicorn_with_the_key_paths(tmp_path):
 def test_what_start_up_built_is_out_of_the_collectors_way(tmp_path):
     # gc.freeze() after the app is built: a full collection during a request then walks only
     # what requests made, not the ~90,000 objects of the imports and the connectors
-    config = (ROOT / "config" / "gateway.yml").read_text().replace("var/demo", str(tmp_path / "demo"))
-    (tmp_path / "gateway.yml").write_text(config)
-    env = {**os.environ, "GATEWAY_CONFIG": str(tmp_path / "gateway.yml")}
+    env = {**os.environ, "GATEWAY_CONFIG": demo_config(tmp_path)}
     probe = "import gc, wsgi; print(gc.get_freeze_count(), len(gc.get_objects()))"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
                          timeout=120, check=True).stdout.split()
     frozen, tracked = int(out[0]), int(out[1])
     assert frozen > 50_000
     assert tracked < 1_000
+
+
+def test_python_m_gateway_config_checks_a_file(tmp_path):
+    # the check gunicorn runs before any worker: 0 for a usable file, 3 and the key paths else
+    def check(path: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway.config"], cwd=ROOT, timeout=120,
+                              env={**os.environ, "GATEWAY_CONFIG": path}, capture_output=True,
+                              text=True)
+
+    good = check(demo_config(tmp_path))
+    assert (good.returncode, good.stderr) == (0, "")
+    (tmp_path / "bad.yml").write_text("connector:\n  colour: blue\n")
+    bad = check(str(tmp_path / "bad.yml"))
+    assert bad.returncode == 3
+    assert bad.stderr == "configuration error:\nconnector.colour: Unknown key.\n"

@@ -64,10 +64,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from marshmallow import Schema, ValidationError
@@ -92,6 +93,17 @@ class ConfigError(Exception):
     def __init__(self, errors: Sequence[tuple[str, str]]) -> None:
         self.errors = tuple(errors)
         super().__init__("\n".join(f"{p}: {m}" if p else m for p, m in self.errors))
+
+
+#: Exit status of a start refused for its configuration: gunicorn stops instead of respawning
+#: workers (gunicorn.conf.py checks for it too).
+EXIT_CONFIG = 3
+
+
+def exit_with(error: ConfigError) -> NoReturn:
+    """Ends the process with the message, not a traceback, and EXIT_CONFIG."""
+    print(f"configuration error:\n{error}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
 
 
 # --------------------------------------------------------------------------------------------
