@@ -710,3 +710,36 @@ def test_no_connection_at_construction() -> None:
     with pytest.raises(ConnectorError):  # the database was never there
         connector.check()
     connector.close()
+
+
+def test_one_engine_per_connector_whatever_the_requests(
+    database: F.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the connector builds its SQLAlchemy engine once; concurrent searches borrow connections
+    # from that engine's pool instead of opening one per request
+    engines: list[sa.Engine] = []
+    real = sa.create_engine
+
+    def counting(*args: Any, **kwargs: Any) -> sa.Engine:
+        engines.append(real(*args, **kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(sa, "create_engine", counting)
+    connector = DbConnector(settings(database))
+    opened: list[object] = []
+    sa.event.listen(engines[0], "connect", lambda conn, record: opened.append(conn))
+    answers: list[list[str]] = []
+
+    def worker() -> None:
+        for _ in range(5):
+            answers.append(uids(search(connector, Level.STUDY)))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    connector.close()
+    assert answers == [ALL_STUDIES] * 30
+    assert len(engines) == 1
+    assert 1 <= len(opened) <= 6  # at most one connection per thread at a time, then reused
