@@ -30,7 +30,17 @@ from .errors import (
     NotFound,
 )
 from .prefetch import Prefetch
-from .query import MAX_OFFSET, SERIES_UID, SOP_UID, STUDY_UID, Level, Match, SearchQuery, is_uid
+from .query import (
+    MAX_OFFSET,
+    SERIES_UID,
+    SOP_CLASS,
+    SOP_UID,
+    STUDY_UID,
+    Level,
+    Match,
+    SearchQuery,
+    is_uid,
+)
 from .settings import ConnectorSettings
 
 log = logging.getLogger("gateway.engine")
@@ -172,6 +182,10 @@ class Engine:
         """The first connector (in order) that holds `ref`; NotFound when none does. All are
         asked at once, and the answer comes as soon as every connector ahead of the first one
         holding `ref` has answered: a slow archive further down the list delays nothing."""
+        return self._locate(ref, ids)[0]
+
+    def _locate(self, ref: ResourceRef, ids: Sequence[str]) -> tuple[str, JsonDataset]:
+        """`locate`, with the dataset the connector answered."""
         query = _locate_query(ref)
         asked = [i for i in ids if not (query.criteria & self.backends[i].settings.deactivated)]
         start = time.monotonic()
@@ -185,7 +199,7 @@ class Engine:
             elif outcome.datasets:
                 for other in futures.values():
                     other.cancel()
-                return cid
+                return cid, outcome.datasets[0]
         if errors:
             raise AllConnectorsFailed(errors) if len(errors) > 1 else errors[0]
         raise NotFound(f"no {ref.level.lower()} with that UID")
@@ -213,7 +227,10 @@ class Engine:
     def _open(
         self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str | Sequence[str]
     ) -> tuple[str, Generator[Part10, None, None]]:
-        cid = self.locate(ref, ids)
+        cid, found = self._locate(ref, ids)
+        sop_class = dicomjson.first(found, SOP_CLASS) if ref.instance else None
+        if isinstance(sop_class, str) and is_uid(sop_class):
+            ref = replace(ref, sop_class=sop_class)
         stream = self.backends[cid].connector.retrieve_instances(ref, "*")
         try:
             with _guard(cid):

@@ -24,6 +24,10 @@ class ResourceRef:
     study: str
     series: str | None = None
     instance: str | None = None
+    #: the instance's SOP Class UID as a search found it: a hint a connector may use to skip
+    #: a look-up of its own (the DIMSE connector's C-FIND before a C-GET), never a proof that
+    #: the instance exists; not part of the reference's identity
+    sop_class: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.instance is not None and self.series is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 from collections.abc import Generator, Iterator
 from io import BytesIO
@@ -27,11 +28,11 @@ from pynetdicom import build_context
 from .. import dicomjson
 from ..dicomjson import JsonDataset
 from ..errors import ConnectorError, NotFound
-from ..query import SERIES_UID, SOP_UID, STUDY_UID, Level, Match, SearchQuery
+from ..query import SERIES_UID, SOP_CLASS, SOP_UID, STUDY_UID, Level, Match, SearchQuery
 from ..settings import ConnectorSettings, Dimse
 from .base import Capabilities, Part10, ResourceRef, SearchResult, boundary
 from .dimse_assoc import Link, Session, StatusError, status_text
-from .dimse_find import FIND_MODEL, MODALITIES_IN_STUDY, SOP_CLASS
+from .dimse_find import FIND_MODEL, MODALITIES_IN_STUDY
 from .dimse_get import RetrieveIncomplete, Target, retrieve
 from .dimse_move import retrieve as retrieve_by_move
 from .dimse_search import (
@@ -46,6 +47,8 @@ from .dimse_tls import client_context
 from .storescp import StorageScp
 
 __all__ = ["DimseConnector", "RetrieveIncomplete"]
+
+log = logging.getLogger("gateway.dimse")
 
 #: Verification SOP Class (PS3.4 A.4)
 VERIFICATION = UID("1.2.840.10008.1.1")
@@ -192,20 +195,48 @@ class DimseConnector:
     ) -> Generator[Part10, None, None]:
         """C-GET or C-MOVE (`dimse.retrieve-method`) of the instances under `ref`, streamed
         (see `dimse_get`, `dimse_move`). Raises NotFound before the first object when the
-        C-FIND finds nothing."""
+        C-FIND finds nothing.
+
+        With C-GET, an instance whose SOP class a search has just found (`ref.sop_class`,
+        from the engine's look-up, often a cache hit) is retrieved without that C-FIND (C-MOVE
+        keeps it: some PACS answer a C-MOVE of an unknown instance with the failure status
+        they give an unknown destination). When such a C-GET brings nothing (the instance
+        was deleted or moved since, its class was not what the search said, or the PACS
+        failed), the C-FIND is made after all and decides: NotFound, or a second retrieval
+        with what it found."""
         moving = self.dimse.retrieve_method == "C-MOVE"
-        scp = self.storage_scp
-        if moving and scp is None:
+        if moving and self.storage_scp is None:
             raise ConnectorError(
                 "C-MOVE needs gateway.storage-scp, which is not configured (the PACS "
                 "sends the objects of a C-MOVE to the gateway's storage SCP)",
                 self.id,
             )
-        target = self._target(ref)
+        if ref.instance and ref.series and ref.sop_class and not moving:
+            hinted = Target(
+                "IMAGE",
+                ref.study,
+                ref.series,
+                ref.instance,
+                {ref.instance: ref.series},
+                (ref.sop_class,),
+            )
+            try:
+                with boundary(self.id, "C-GET"):
+                    yield from retrieve(self._ready_link(), hinted, transfer_syntax, retry=False)
+                return
+            except RetrieveIncomplete as exc:
+                if exc.received:
+                    raise
+                log.debug("connector %s: a C-GET by the searched SOP class got nothing", self.id)
+        yield from self._retrieve(self._target(ref), transfer_syntax, moving)
+
+    def _retrieve(
+        self, target: Target, transfer_syntax: str, moving: bool
+    ) -> Generator[Part10, None, None]:
         link = self._ready_link()
-        if scp is not None and moving:
+        if self.storage_scp is not None and moving:
             with boundary(self.id, "C-MOVE"):
-                yield from retrieve_by_move(link, target, scp, transfer_syntax)
+                yield from retrieve_by_move(link, target, self.storage_scp, transfer_syntax)
             return
         with boundary(self.id, "C-GET"):
             yield from retrieve(link, target, transfer_syntax)

@@ -31,7 +31,6 @@ from ..settings import Dimse, Timeouts
 
 log = logging.getLogger("gateway.dimse")
 
-Handler = tuple[Any, ...]  # (event, handler) or (event, handler, args), as pynetdicom takes them
 
 #: PS3.4 C.4.1.1.4 (C-FIND) and C.4.3.1.4 (C-GET) status meanings, in the standard's words.
 _MEANINGS = {
@@ -92,6 +91,8 @@ class Session:
     dimse_timeout: float
     deadline: float | None
     expired: threading.Event = field(default_factory=threading.Event)
+    #: False once the operation ended in a state the next one must not inherit
+    reusable: bool = True
     _msg_id: int = 0
 
     def next_msg_id(self) -> int:
@@ -163,10 +164,11 @@ class _Idle:
 class Link:
     """How to reach one PACS. Nothing here opens a socket until `session()` is entered.
 
-    Searches reuse associations: one that served a search stays open `dimse.reuse-seconds`
-    for the next search proposing the same contexts (PS3.8 7.1: an association carries any
-    number of operations). Idle associations count against `max-associations`; a request that
-    finds every slot taken, some by idle associations, closes one and takes its slot."""
+    Searches and C-GET retrievals reuse associations: one that served an operation stays
+    open `dimse.reuse-seconds` for the next one proposing the same contexts and roles (PS3.8
+    7.1: an association carries any number of operations), one per set of contexts. Idle
+    associations count against `max-associations`; a request that finds every slot taken,
+    some by idle associations, closes one and takes its slot."""
 
     connector: str
     dimse: Dimse
@@ -174,6 +176,7 @@ class Link:
     tls: ssl.SSLContext | None = None
     _busy: int = field(init=False, default=0)  # associations open: in use and idle
     _idle: list[_Idle] = field(init=False, default_factory=list)
+    _surplus: list[_Idle] = field(init=False, default_factory=list)  # for the reaper to release
     _cond: threading.Condition = field(init=False, default_factory=threading.Condition)
     _reaper: threading.Thread | None = field(init=False, default=None)
 
@@ -191,15 +194,15 @@ class Link:
         *,
         deadline: float,
         roles: Sequence[Any] = (),
-        handlers: Sequence[Handler] = (),
         bounded: bool = True,
         reusable: bool = False,
     ) -> Iterator[Session]:
         """An association proposing `contexts` (and SCP/SCU `roles`), held within the
         connector's limit of concurrent associations. Waiting for a free slot and setting up
         the association are bounded by `deadline`; so is the whole session when `bounded`.
-        A `reusable` session (a search) may get an idle association and leave its own idle."""
-        key = tuple(str(cx.abstract_syntax) for cx in contexts)
+        A `reusable` session (a search, a C-GET) may get an idle association and leave its own
+        idle."""
+        key = _key(contexts, roles)
         reuse = reusable and self.dimse.reuse_seconds > 0
         idle = self._acquire(key if reuse else None, deadline)
         kept = False
@@ -211,7 +214,7 @@ class Link:
                     " within the request time-out",
                     self.connector,
                 )
-            assoc = idle.assoc if idle else self._associate(contexts, roles, handlers, deadline)
+            assoc = idle.assoc if idle else self._associate(contexts, roles, deadline)
             session = Session(
                 assoc, self.connector, self.timeouts.dimse, deadline if bounded else None
             )
@@ -227,7 +230,13 @@ class Link:
             finally:
                 if timer is not None:
                     timer.cancel()
-                if reuse and graceful and assoc.is_established and not session.expired.is_set():
+                if (
+                    reuse
+                    and graceful
+                    and session.reusable
+                    and assoc.is_established
+                    and not session.expired.is_set()
+                ):
                     self._keep(_Idle(assoc, key, session._msg_id, time.monotonic()))
                     kept = True
                 else:
@@ -275,9 +284,15 @@ class Link:
         return None
 
     def _keep(self, idle: _Idle) -> None:
+        """Keeps `idle` for the next session with its key; an older idle association with the
+        same key is handed to the reaper to be released (one per key: each holds one of the
+        PACS's association slots, which other users of the PACS may need)."""
         with self._cond:
+            for older in [i for i in self._idle if i.key == idle.key]:
+                self._idle.remove(older)
+                self._surplus.append(older)
             self._idle.append(idle)
-            self._cond.notify()
+            self._cond.notify_all()
             if self._reaper is None:
                 self._reaper = threading.Thread(
                     target=self._reap, name=f"dimse-idle-{self.connector}", daemon=True
@@ -290,26 +305,33 @@ class Link:
             self._cond.notify()
 
     def _reap(self) -> None:
-        """Closes idle associations once they are `reuse-seconds` old; ends when none is left."""
+        """Releases surplus idle associations at once and the others once they are
+        `reuse-seconds` old (out of the requests' way); ends when none is left."""
         while True:
             with self._cond:
                 now = time.monotonic()
-                expired = [i for i in self._idle if now - i.since >= self.dimse.reuse_seconds]
-                for idle in expired:
+                ending = [i for i in self._idle if now - i.since >= self.dimse.reuse_seconds]
+                for idle in ending:
                     self._idle.remove(idle)
-                if not self._idle and not expired:
+                ending += self._surplus
+                self._surplus.clear()
+                if not self._idle and not ending:
                     self._reaper = None
                     return
-                oldest = min((i.since for i in self._idle), default=now)
-            for idle in expired:
+                if not ending:
+                    oldest = min(i.since for i in self._idle)
+                    wait = oldest + self.dimse.reuse_seconds - now
+                    self._cond.wait(timeout=min(1.0, max(0.02, wait)))
+                    continue
+            for idle in ending:
                 _release(idle.assoc)
                 self._free()
-            time.sleep(min(1.0, max(0.02, oldest + self.dimse.reuse_seconds - time.monotonic())))
 
     def close(self) -> None:
         """Releases every idle association (the connector is closing)."""
         with self._cond:
-            idle, self._idle = self._idle, []
+            idle, self._idle = self._idle + self._surplus, []
+            self._surplus.clear()
         for item in idle:
             _release(item.assoc)
             self._free()
@@ -336,7 +358,6 @@ class Link:
         self,
         contexts: Sequence[PresentationContext],
         roles: Sequence[Any],
-        handlers: Sequence[Handler],
         deadline: float,
     ) -> Association:
         ae = self._application_entity(deadline)
@@ -350,7 +371,7 @@ class Link:
                 ae_title=self.dimse.aet,
                 max_pdu=self.dimse.max_pdu,
                 ext_neg=list(roles),
-                evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay, [opened]), *handlers],
+                evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay, [opened])],
                 tls_args=(self.tls, self.dimse.host) if self.tls is not None else None,
             )
         except (ValueError, TypeError, RuntimeError) as exc:
@@ -389,6 +410,14 @@ class Link:
         return ConnectorTimeout(
             f"no association response from {where} within the ACSE time-out", self.connector
         )
+
+
+def _key(contexts: Sequence[PresentationContext], roles: Sequence[Any]) -> tuple[str, ...]:
+    """What an idle association must have been proposed with to serve a session: the same
+    presentation contexts (abstract and transfer syntaxes) and SCP/SCU roles."""
+    proposed = (f"{cx.abstract_syntax}:{'/'.join(map(str, cx.transfer_syntax))}" for cx in contexts)
+    asked = (f"role:{r.sop_class_uid}:{r.scu_role}:{r.scp_role}" for r in roles)
+    return (*proposed, *asked)
 
 
 def _release(assoc: Association) -> None:

@@ -36,7 +36,6 @@ STUDY_SERIES = tag_of("NumberOfStudyRelatedSeries")
 STUDY_INSTANCES = tag_of("NumberOfStudyRelatedInstances")
 SERIES_INSTANCES = tag_of("NumberOfSeriesRelatedInstances")
 MODALITY = tag_of("Modality")
-SOP_CLASS = tag_of("SOPClassUID")
 #: Keys a PACS may compute, or not (PS3.4 C.6.1.1.5 and Table C.6-5).
 DERIVED = frozenset({MODALITIES_IN_STUDY, STUDY_SERIES, STUDY_INSTANCES, SERIES_INSTANCES})
 _NOT_KEYS = {RETRIEVE_URL, CHARSET, QR_LEVEL, RETRIEVE_AET}

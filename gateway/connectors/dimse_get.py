@@ -1,7 +1,9 @@
 """C-GET retrieval for the DIMSE connector (PS3.4 C.4.3; SCP/SCU role selection PS3.7 D.3.3.4).
 
-One C-GET per association. We propose only the storage SOP classes the C-FIND found under the
-reference (or pynetdicom's storage classes when the PACS does not tell them), each with the SCP
+One C-GET at a time per association; one that ended with a final status stays open
+`dimse.reuse-seconds` for the next C-GET proposing the same contexts (`Link`). We propose only
+the storage SOP classes the C-FIND found under the reference (or that a search found for one
+instance, or pynetdicom's storage classes when the PACS does not tell them), each with the SCP
 role, plus the C-GET model, staying within 128 presentation contexts (PS3.8 9.3.2.2). For "*"
 every usual transfer syntax is proposed, one presentation context per (SOP class, syntax)
 where that fits, so that the PACS can send each object as stored. Some PACS (dcmtk's dcmqrscp)
@@ -157,12 +159,16 @@ def _identifiers(target: Target, pending: set[str], first: bool) -> list[Dataset
     return out
 
 
-def retrieve(link: Link, target: Target, transfer_syntax: str) -> Iterator[Part10]:
-    """Streams the instances of `target` (see the module docstring)."""
+def retrieve(
+    link: Link, target: Target, transfer_syntax: str, *, retry: bool = True
+) -> Iterator[Part10]:
+    """Streams the instances of `target` (see the module docstring); without `retry`, one
+    round only (a caller that has a better plan for failed sub-operations)."""
     progress = _Progress()
     classes = target.sop_classes or ALL_STORAGE_CLASSES
     expected = set(target.instances)
-    for number, syntaxes in enumerate(rounds(transfer_syntax)):
+    plan = rounds(transfer_syntax)
+    for number, syntaxes in enumerate(plan if retry else plan[:1]):
         pending = expected - progress.received
         retry_failures = False
         for ident in _identifiers(target, pending, number == 0):
@@ -221,20 +227,21 @@ def _one_get(
     items: queue.Queue[Part10 | _Outcome] = queue.Queue(maxsize=QUEUE_SIZE)
     stop = threading.Event()
     activity = [time.monotonic()]
-    handlers = [(evt.EVT_C_STORE, _on_store, [items, stop, activity])]
     roles = [build_role(c, scp_role=True) for c in classes]
     with link.session(
         contexts(classes, syntaxes, link.connector),
         deadline=link.deadline(),
         roles=roles,
-        handlers=handlers,
         bounded=False,
+        reusable=True,
     ) as session:
         session.require(GET_MODEL, "the Study Root C-GET model")
         if strict and len(session.assoc.accepted_contexts) < 2:
             raise NotAcceptable(
                 f"the PACS does not accept {syntaxes[0]} for these instances", link.connector
             )
+        # bound for this C-GET only: the association may serve the next one (`Link`)
+        session.assoc.bind(evt.EVT_C_STORE, _on_store, [items, stop, activity])
         worker = threading.Thread(
             target=_run_get,
             args=(session, ident, items, stop, activity),
@@ -248,6 +255,7 @@ def _one_get(
                 item = _next(items, worker, link.connector)
                 if isinstance(item, _Outcome):
                     done = True
+                    session.reusable = item.error is None and item.code is not None
                     return item
                 progress.received.add(item.sop_instance_uid)
                 yield item
@@ -256,6 +264,7 @@ def _one_get(
                 stop.set()
                 session.abort()
             worker.join(timeout=link.timeouts.dimse + 5)
+            session.assoc.unbind(evt.EVT_C_STORE, _on_store)
 
 
 def _next(

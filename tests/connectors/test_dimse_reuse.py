@@ -1,5 +1,6 @@
-"""Association reuse by the DIMSE connector's searches (dimse.reuse-seconds), against an
-in-process pynetdicom SCP that counts associations, and the real Orthanc and dcmqrscp.
+"""Association reuse by the DIMSE connector's searches and C-GETs (dimse.reuse-seconds), and
+C-GETs by a SOP class a search found, against an in-process pynetdicom SCP that counts
+associations, and the real Orthanc and dcmqrscp.
 
 PS3.8 7.1: an association carries any number of operations; the limit `max-associations`
 counts idle associations too, and a retrieval that needs a slot held by an idle search
@@ -10,20 +11,35 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
 from typing import Any
 
+import pydicom
 import pytest
+from pydicom.dataset import Dataset
 
 from gateway.connectors.base import ResourceRef
+from gateway.connectors.dimse import DimseConnector
+from gateway.errors import NotFound
 from gateway.query import Level
 from gateway.settings import Timeouts
 from tests.connectors.scp_fakes import FakeScp
-from tests.connectors.test_dimse import connector, search, studies_of, values
+from tests.connectors.test_dimse import connector, one_series, search, studies_of, values
 from tests.harness import samples
 
 
 def uids(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(values(rows, "0020000D"))
+
+
+def real_pacs(
+    request: pytest.FixtureRequest, archive: str, reuse_seconds: float
+) -> DimseConnector:
+    """A connector to the session's Orthanc (its DICOM port) or dcmqrscp."""
+    server = request.getfixturevalue(archive)
+    port = server.dicom_port if archive == "orthanc" else server.port
+    return connector(port, aet=server.aet, reuse_seconds=reuse_seconds,
+                     timeouts=Timeouts(connect=5, request=60, acse=10, dimse=30, network=60))
 
 
 def test_consecutive_searches_share_one_association() -> None:
@@ -70,6 +86,21 @@ def test_concurrent_searches_never_exceed_max_associations() -> None:
         conn.close()
 
 
+def test_one_idle_association_is_kept_per_set_of_contexts() -> None:
+    """Three searches at once need three associations; once they are done, one stays idle for
+    the next search and the other two are released (each would hold a slot at the PACS)."""
+    with FakeScp(datasets=studies_of(3)) as fake:
+        fake.hold = 0.3
+        conn = connector(fake.port, max_associations=4, reuse_seconds=30)
+        with ThreadPoolExecutor(3) as pool:
+            assert [len(r) for r in pool.map(lambda _: search(conn, Level.STUDY), range(3))] == [3] * 3
+        assert fake.open_peak == 3
+        assert fake.wait_for(lambda: fake.open_now == 1 and fake.releases == 2)
+        assert len(conn.link._idle) == 1
+        conn.close()
+        assert fake.wait_for(lambda: fake.open_now == 0 and fake.releases == 3)
+
+
 def test_a_retrieval_takes_the_slot_of_an_idle_search_association() -> None:
     """max-associations 1: the C-FIND's association stays idle holding the one slot; the C-GET
     that follows (another association, with the storage role) must not wait for it."""
@@ -103,10 +134,7 @@ def test_a_peer_that_released_an_idle_association_is_not_a_failure() -> None:
 def test_reused_associations_answer_like_fresh_ones_on_real_pacs(
     request: pytest.FixtureRequest, archive: str
 ) -> None:
-    server = request.getfixturevalue(archive)
-    port = server.dicom_port if archive == "orthanc" else server.port
-    conn = connector(port, aet=server.aet, reuse_seconds=5,
-                     timeouts=Timeouts(connect=5, request=60, acse=10, dimse=30, network=60))
+    conn = real_pacs(request, archive, reuse_seconds=5)
     try:
         for _ in range(5):
             assert uids(search(conn, Level.STUDY)) == samples.studies()
@@ -118,3 +146,102 @@ def test_reused_associations_answer_like_fresh_ones_on_real_pacs(
         conn.close()
     assert conn.link._idle == []
     _ = threading.active_count()
+
+
+# --------------------------------------------------------------------------------------------
+# C-GET associations, and retrievals by a SOP class a search found (ResourceRef.sop_class)
+
+GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Q/R GET (PS3.4 C.6.2.1)
+FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R FIND
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage (PS3.4 B.5)
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+
+
+def instance_ref(ds: Dataset, sop_class: str | None) -> ResourceRef:
+    return ResourceRef(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+                       str(ds.SOPInstanceUID), sop_class=sop_class)
+
+
+def test_consecutive_c_gets_share_one_association_and_skip_the_c_find() -> None:
+    with FakeScp(datasets=one_series(5)) as fake:
+        conn = connector(fake.port, reuse_seconds=5)
+        for ds in fake.datasets:
+            parts = list(conn.retrieve_instances(instance_ref(ds, CT_IMAGE), "*"))
+            assert [p.sop_instance_uid for p in parts] == [str(ds.SOPInstanceUID)]
+            assert pydicom.dcmread(BytesIO(parts[0].data)).PixelData == ds.PixelData
+        # one association, proposing the C-GET model and CT Image Storage only: no C-FIND
+        assert fake.proposed == [{GET_MODEL, CT_IMAGE}]
+        assert [str(i.SOPInstanceUID) for i in fake.identifiers] == [
+            str(d.SOPInstanceUID) for d in fake.datasets]
+        assert {str(i.QueryRetrieveLevel) for i in fake.identifiers} == {"IMAGE"}
+        assert fake.open_now == 1 and fake.releases == 0
+        conn.close()
+        assert fake.wait_for(lambda: fake.open_now == 0 and fake.releases == 1)
+
+
+def test_a_c_get_its_consumer_abandoned_is_not_reused() -> None:
+    with FakeScp(datasets=one_series(5)) as fake:
+        conn = connector(fake.port, reuse_seconds=30)
+        first = fake.datasets[0]
+        series = ResourceRef(str(first.StudyInstanceUID), str(first.SeriesInstanceUID))
+        stream = conn.retrieve_instances(series, "*")
+        assert next(stream).sop_instance_uid == str(first.SOPInstanceUID)
+        stream.close()
+        assert fake.wait_for(lambda: fake.aborted == 1)
+        parts = list(conn.retrieve_instances(series, "*"))
+        assert [p.sop_instance_uid for p in parts] == [str(d.SOPInstanceUID) for d in fake.datasets]
+        # the second C-GET had a new association (the aborted one was not kept)
+        assert [p for p in fake.proposed if GET_MODEL in p] == [{GET_MODEL, CT_IMAGE}] * 2
+        conn.close()
+
+
+def test_a_searched_sop_class_of_a_deleted_instance_ends_as_not_found() -> None:
+    with FakeScp(datasets=one_series(2)) as fake:
+        conn = connector(fake.port, reuse_seconds=0)
+        gone = fake.datasets.pop(0)  # deleted after the search that found its class
+        with pytest.raises(NotFound) as info:
+            next(conn.retrieve_instances(instance_ref(gone, CT_IMAGE), "*"))
+        assert info.value.connector == "pacs1"
+        # the C-GET brought nothing, then the C-FIND found nothing: 404, not a failed C-GET
+        assert fake.proposed == [{GET_MODEL, CT_IMAGE}, {FIND_MODEL}]
+
+
+def test_a_wrong_searched_sop_class_falls_back_to_the_c_find() -> None:
+    with FakeScp(datasets=one_series(2)) as fake:
+        conn = connector(fake.port, reuse_seconds=0)
+        ds = fake.datasets[1]
+        parts = list(conn.retrieve_instances(instance_ref(ds, MR_IMAGE), "*"))
+        assert [p.sop_instance_uid for p in parts] == [str(ds.SOPInstanceUID)]
+        assert pydicom.dcmread(BytesIO(parts[0].data)).PixelData == ds.PixelData
+        # the CT object could not go over an MR context; the C-FIND gave its class
+        assert fake.proposed == [{GET_MODEL, MR_IMAGE}, {FIND_MODEL}, {GET_MODEL, CT_IMAGE}]
+
+
+@pytest.mark.parametrize("archive", ["orthanc", "dcmqrscp"])
+def test_reused_c_get_associations_send_the_stored_objects_on_real_pacs(
+    request: pytest.FixtureRequest, archive: str
+) -> None:
+    """Every sample instance by its searched SOP class, on associations kept for reuse."""
+    conn = real_pacs(request, archive, reuse_seconds=30)
+    try:
+        for _ in range(2):
+            for info in samples.sample_index().values():
+                rows = search(conn, Level.IMAGE, path={
+                    0x0020000D: info["StudyInstanceUID"], 0x0020000E: info["SeriesInstanceUID"],
+                    0x00080018: info["SOPInstanceUID"]})
+                # dcmqrscp's index does not hold SOPClassUID: the engine would pass no class
+                found = [info["SOPClassUID"]] if archive == "orthanc" else [None]
+                assert values(rows, "00080016") == found
+                ref = ResourceRef(info["StudyInstanceUID"], info["SeriesInstanceUID"],
+                                  info["SOPInstanceUID"], sop_class=info["SOPClassUID"])
+                parts = list(conn.retrieve_instances(ref, "*"))
+                assert [p.sop_instance_uid for p in parts] == [info["SOPInstanceUID"]]
+                received = pydicom.dcmread(BytesIO(parts[0].data))
+                assert received.PixelData == pydicom.dcmread(info["path"]).PixelData
+        classes = {i["SOPClassUID"] for i in samples.sample_index().values()}
+        # one idle association per SOP class retrieved, plus the search's (max-associations
+        # permitting: the default 4 evicts the oldest)
+        assert 1 <= len(conn.link._idle) <= min(len(classes) + 1, conn.link.limit)
+    finally:
+        conn.close()
+    assert conn.link._idle == []
