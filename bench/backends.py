@@ -17,6 +17,9 @@ from tests.harness.procs import HarnessError
 
 LOAD_THREADS = 4
 LOAD_TIMEOUT = 60.0  # seconds for one POST /instances
+#: DIMSE associations Orthanc serves at once (its default is 4): the gateway's two DIMSE
+#: connectors to Orthanc, 2 associations each (`served.ORTHANC_ASSOCIATIONS`), in 2 workers
+ORTHANC_DICOM_THREADS = 8
 
 
 @dataclass
@@ -31,7 +34,9 @@ def start(stack: contextlib.ExitStack, workdir: Path, move_aet: str, move_port: 
     """Start Orthanc and dcmqrscp on free loopback ports; both are stopped (by PID) when `stack`
     closes. Both know `move_aet` at 127.0.0.1:`move_port` as a C-MOVE destination."""
     orthanc = start_orthanc(
-        workdir / "orthanc", modalities={move_aet: (move_aet, "127.0.0.1", move_port)}
+        workdir / "orthanc",
+        modalities={move_aet: (move_aet, "127.0.0.1", move_port)},
+        dicom_threads=ORTHANC_DICOM_THREADS,
     )
     stack.callback(orthanc.stop)
     dcmqrscp = start_dcmqrscp(

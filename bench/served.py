@@ -32,8 +32,9 @@ WAYS: dict[str, str] = {
 #: Metadata cache settings used when the gateway's config has a `gateway.cache` block: a TTL
 #: longer than the run, so "warm" never expires in the middle of a measurement.
 CACHE_BLOCK = {"ttl": 3600, "max-bytes": 512 * 1024 * 1024}
-#: Orthanc serves 4 DIMSE associations at a time (DicomThreadsCount in the harness): 2 per
-#: connector and gunicorn worker keeps the gateway's requests waiting in the gateway.
+#: 2 per connector and gunicorn worker; Orthanc serves `backends.ORTHANC_DICOM_THREADS` DIMSE
+#: associations at a time, room for both DIMSE connectors to Orthanc with 2 workers (the README's
+#: budget: idle associations kept for reuse hold Orthanc's slots too)
 ORTHANC_ASSOCIATIONS = 2
 
 

@@ -116,10 +116,12 @@ def orthanc_config(
     modalities: Mapping[str, tuple[str, str, int]] | None = None,
     postgres: str | None = None,
     gdcm: bool = True,
+    dicom_threads: int = 4,
 ) -> dict[str, Any]:
     """Orthanc's JSON configuration (testbed.md §1). `modalities` maps a name to
     (AET, host, port): the C-MOVE destinations Orthanc knows. `postgres` is a database name on
-    127.0.0.1:5432 to hold the index (files stay in StorageDirectory)."""
+    127.0.0.1:5432 to hold the index (files stay in StorageDirectory). `dicom_threads`: the
+    DIMSE associations Orthanc serves at once (its default, 4)."""
     storage = str(workdir / "db")
     config: dict[str, Any] = {
         "Name": f"gwtest-{aet}",
@@ -149,7 +151,7 @@ def orthanc_config(
         "DicomAlwaysAllowMove": True,
         "DicomModalities": {name: list(m) for name, m in (modalities or {}).items()},
         "DicomModalitiesInDatabase": False,
-        "DicomThreadsCount": 4,
+        "DicomThreadsCount": dicom_threads,
         "DicomScpTimeout": 30,
         "UnknownSopClassAccepted": True,
         "OverwriteInstances": True,
@@ -202,6 +204,7 @@ def start_orthanc(
     modalities: Mapping[str, tuple[str, str, int]] | None = None,
     postgres: str | None = None,
     gdcm: bool = True,
+    dicom_threads: int = 4,
     timeout: float = 30.0,
 ) -> Orthanc:
     """Write the config to `workdir`/orthanc.json, start /usr/sbin/Orthanc on free ports with
@@ -212,7 +215,7 @@ def start_orthanc(
     http_port, dicom_port = _two_ports()
     config = orthanc_config(
         workdir, http_port=http_port, dicom_port=dicom_port, aet=aet, auth=auth,
-        modalities=modalities, postgres=postgres, gdcm=gdcm,
+        modalities=modalities, postgres=postgres, gdcm=gdcm, dicom_threads=dicom_threads,
     )
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
