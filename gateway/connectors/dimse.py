@@ -13,12 +13,12 @@ SCP is given to the constructor).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator
 from io import BytesIO
+from typing import TypeVar
 
 from pydicom import dcmread
 from pydicom.uid import UID
@@ -31,7 +31,7 @@ from ..errors import ConnectorError, NotFound
 from ..query import SERIES_UID, SOP_CLASS, SOP_UID, STUDY_UID, Level, Match, SearchQuery
 from ..settings import ConnectorSettings, Dimse
 from .base import Capabilities, Part10, ResourceRef, SearchResult, boundary
-from .dimse_assoc import Link, Session, StatusError, status_text
+from .dimse_assoc import AssociationLost, Link, Session, StatusError, status_text
 from .dimse_find import FIND_MODEL, MODALITIES_IN_STUDY
 from .dimse_get import RetrieveIncomplete, Target, retrieve
 from .dimse_move import retrieve as retrieve_by_move
@@ -49,6 +49,7 @@ from .storescp import StorageScp
 __all__ = ["DimseConnector", "RetrieveIncomplete"]
 
 log = logging.getLogger("gateway.dimse")
+T = TypeVar("T")
 
 #: Verification SOP Class (PS3.4 A.4)
 VERIFICATION = UID("1.2.840.10008.1.1")
@@ -89,15 +90,28 @@ class DimseConnector:
                 self._tls_loaded = True
         return self.link
 
-    @contextlib.contextmanager
-    def _find_session(self, deadline: float) -> Iterator[Session]:
+    def _find(self, work: Callable[[Session], T]) -> T:
+        """`work` (C-FINDs) on a search association. When the PACS drops a reused association
+        under it (`AssociationLost`), `work` runs once more on a new association: C-FIND
+        only reads, and what the first try had gathered is dropped with it."""
         link = self._ready_link()
-        with (
-            boundary(self.id, "C-FIND"),
-            link.session([build_context(FIND_MODEL)], deadline=deadline, reusable=True) as session,
-        ):
-            session.require(FIND_MODEL, "the Study Root C-FIND model")
-            yield session
+        deadline = link.deadline()
+        for fresh in (False, True):
+            with (
+                boundary(self.id, "C-FIND"),
+                link.session(
+                    [build_context(FIND_MODEL)], deadline=deadline, reusable=True, fresh=fresh
+                ) as session,
+            ):
+                try:
+                    session.require(FIND_MODEL, "the Study Root C-FIND model")
+                    return work(session)
+                except AssociationLost:
+                    if fresh or not session.reused:
+                        raise
+                    session.reusable = False
+            log.info("connector %s: a reused association was gone, C-FIND on a new one", self.id)
+        raise AssertionError("unreachable")
 
     @property
     def prefers_hierarchical(self) -> bool:
@@ -148,7 +162,8 @@ class DimseConnector:
         paged = not unmatched  # with unmatched keys the engine filters, then pages
         end = None if query.limit is None else query.offset + query.limit
         want = end if paged and modalities is None else None
-        with self._find_session(self.link.deadline()) as session:
+
+        def work(session: Session) -> tuple[list[JsonDataset], bool]:
             rows, more = self._run(session, query, request_keys(query, unmatched), want)
             if modalities is not None:
                 add_derived(session, query.level, rows)
@@ -157,6 +172,9 @@ class DimseConnector:
                 more = more or (end is not None and len(rows) > end)
                 rows = rows[query.offset : end]
             add_derived(session, query.level, rows)
+            return rows, more
+
+        rows, more = self._find(work)
         return SearchResult(datasets=rows, unmatched=unmatched, complete=not more)
 
     def _target(self, ref: ResourceRef) -> Target:
@@ -167,8 +185,7 @@ class DimseConnector:
         if ref.instance:
             matches.append(Match(SOP_UID, "single", (ref.instance,)))
         query = SearchQuery(level=Level.IMAGE, matches=tuple(matches), includefields=(SOP_CLASS,))
-        with self._find_session(self.link.deadline()) as session:
-            rows, _ = self._run(session, query, request_keys(query), None)
+        rows, _ = self._find(lambda session: self._run(session, query, request_keys(query), None))
         instances: dict[str, str] = {}
         classes: set[str] = set()
         known = True

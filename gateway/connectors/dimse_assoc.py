@@ -93,6 +93,9 @@ class Session:
     expired: threading.Event = field(default_factory=threading.Event)
     #: False once the operation ended in a state the next one must not inherit
     reusable: bool = True
+    #: the association served an earlier operation (it was idle): the PACS may have closed
+    #: it at the moment it was taken, see `AssociationLost`
+    reused: bool = False
     _msg_id: int = 0
 
     def next_msg_id(self) -> int:
@@ -141,13 +144,20 @@ class Session:
             return ConnectorTimeout(
                 f"{operation}: no response within the DIMSE time-out", self.connector
             )
-        return ConnectorError(
+        return AssociationLost(
             f"{operation}: association aborted or connection lost", self.connector
         )
 
     def require(self, abstract_syntax: str, what: str) -> None:
         if not any(cx.abstract_syntax == abstract_syntax for cx in self.assoc.accepted_contexts):
             raise ConnectorError(f"the PACS did not accept {what}", self.connector)
+
+
+class AssociationLost(ConnectorError):
+    """The PACS aborted the association or its connection closed during an operation. On a
+    reused association before any answer, the usual cause is a PACS that closed it as idle
+    just as it was taken: the operation is worth one more try on a new association (as HTTP
+    clients retry an idempotent request on a fresh connection, RFC 9110 9.2.2)."""
 
 
 @dataclass
@@ -196,15 +206,16 @@ class Link:
         roles: Sequence[Any] = (),
         bounded: bool = True,
         reusable: bool = False,
+        fresh: bool = False,
     ) -> Iterator[Session]:
         """An association proposing `contexts` (and SCP/SCU `roles`), held within the
         connector's limit of concurrent associations. Waiting for a free slot and setting up
         the association are bounded by `deadline`; so is the whole session when `bounded`.
         A `reusable` session (a search, a C-GET) may get an idle association and leave its own
-        idle."""
+        idle; a `fresh` one opens a new association even so."""
         key = _key(contexts, roles)
         reuse = reusable and self.dimse.reuse_seconds > 0
-        idle = self._acquire(key if reuse else None, deadline)
+        idle = self._acquire(key if reuse and not fresh else None, deadline)
         kept = False
         try:
             if idle is None and time.monotonic() >= deadline:
@@ -219,6 +230,7 @@ class Link:
                 assoc, self.connector, self.timeouts.dimse, deadline if bounded else None
             )
             session._msg_id = idle.msg_id if idle else 0
+            session.reused = idle is not None
             timer = self._watchdog(session)
             graceful = False
             try:

@@ -22,7 +22,7 @@ from .. import dicomjson
 from ..dicomjson import JsonDataset, tag_of
 from ..errors import ConnectorError
 from ..query import SERIES_UID, SOP_UID, STUDY_UID, Level, Match
-from .dimse_assoc import Session, StatusError
+from .dimse_assoc import AssociationLost, Session, StatusError
 
 #: Study Root Query/Retrieve Information Model - FIND (PS3.4 C.6.2.1.1)
 FIND_MODEL = UID("1.2.840.10008.5.1.4.1.2.2.1")
@@ -165,7 +165,9 @@ def c_find(session: Session, ident: Dataset, want: int | None = None) -> tuple[l
     msg_id = session.next_msg_id()
     try:
         responses = session.assoc.send_c_find(ident, FIND_MODEL, msg_id=msg_id)
-    except (ValueError, RuntimeError) as exc:
+    except RuntimeError as exc:  # pynetdicom: the association is no longer established
+        raise AssociationLost(f"C-FIND could not be sent: {exc}", session.connector) from exc
+    except ValueError as exc:  # the identifier cannot be encoded, no accepted context
         raise ConnectorError(f"C-FIND could not be sent: {exc}", session.connector) from exc
     answers: list[Dataset] = []
     more = cancelled = False

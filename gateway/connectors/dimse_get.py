@@ -23,6 +23,7 @@ ConnectorError carrying `expected`, `received`, `failed` and the last `dimse_sta
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -37,7 +38,9 @@ from pynetdicom.status import code_to_category
 
 from ..errors import ConnectorError, NotAcceptable, PartialRetrieval
 from .base import Part10
-from .dimse_assoc import Link, Session, status_text
+from .dimse_assoc import AssociationLost, Link, Session, status_text
+
+log = logging.getLogger("gateway.dimse")
 
 #: Study Root Query/Retrieve Information Model - GET (PS3.4 C.6.2.1.3)
 GET_MODEL = uids.UID("1.2.840.10008.5.1.4.1.2.2.3")
@@ -97,6 +100,7 @@ class _Outcome:
     code: int | None = None
     failed: int = 0
     error: ConnectorError | None = None
+    reused: bool = False  # the C-GET ran on an association an earlier one had used
 
 
 @dataclass
@@ -223,7 +227,31 @@ def _one_get(
     progress: _Progress,
     strict: bool,
 ) -> Generator[Part10, None, _Outcome]:
-    """One association, one C-GET, run by a worker thread; yields what arrives."""
+    """One C-GET; yields what arrives. When the PACS drops a reused association before
+    sending anything (`AssociationLost`), the C-GET is sent once more on a new one."""
+    before = len(progress.received)
+    outcome = yield from _get_on(link, classes, syntaxes, ident, progress, strict, False)
+    if (
+        isinstance(outcome.error, AssociationLost)
+        and outcome.reused
+        and len(progress.received) == before
+    ):
+        log.info("connector %s: a reused association was gone, C-GET on a new one", link.connector)
+        outcome = yield from _get_on(link, classes, syntaxes, ident, progress, strict, True)
+    return outcome
+
+
+def _get_on(
+    link: Link,
+    classes: Sequence[str],
+    syntaxes: Sequence[str],
+    ident: Dataset,
+    progress: _Progress,
+    strict: bool,
+    fresh: bool,
+) -> Generator[Part10, None, _Outcome]:
+    """One association (an idle one unless `fresh`), one C-GET, run by a worker thread;
+    yields what arrives."""
     items: queue.Queue[Part10 | _Outcome] = queue.Queue(maxsize=QUEUE_SIZE)
     stop = threading.Event()
     activity = [time.monotonic()]
@@ -234,6 +262,7 @@ def _one_get(
         roles=roles,
         bounded=False,
         reusable=True,
+        fresh=fresh,
     ) as session:
         session.require(GET_MODEL, "the Study Root C-GET model")
         if strict and len(session.assoc.accepted_contexts) < 2:
@@ -256,6 +285,7 @@ def _one_get(
                 if isinstance(item, _Outcome):
                     done = True
                     session.reusable = item.error is None and item.code is not None
+                    item.reused = session.reused
                     return item
                 progress.received.add(item.sop_instance_uid)
                 yield item
@@ -324,6 +354,8 @@ def _run_get(
             if code_to_category(code) != "Pending":
                 outcome.code = code
                 break
+    except RuntimeError as exc:  # pynetdicom: the association is no longer established
+        outcome.error = AssociationLost(f"C-GET could not be sent: {exc}", session.connector)
     except Exception as exc:  # noqa: BLE001 - handed to the consumer, never lost here
         outcome.error = ConnectorError(f"C-GET failed: {type(exc).__name__}", session.connector)
     while not stop.is_set():

@@ -38,7 +38,10 @@ class FakeScp:
     - `fail_with`: a rule giving a failure status for an identifier (None: answer normally);
     - `hold`: seconds to wait (on `released`) before answering a C-FIND at `slow_level`;
     - `cancel_wait`: after each answer at `slow_level`, wait up to this long for a C-CANCEL;
-    - `abort_after`: abort the association after this many C-GET sub-operations."""
+    - `abort_after`: abort the association after this many C-GET sub-operations;
+    - `drop_reused`: abort, unanswered, this many requests that come on an association which
+      has served one before (a PACS closing an idle association as it is taken for reuse),
+      or any requests with `drop_fresh`."""
 
     datasets: list[Dataset]
     pending_status: dict[int, int] = field(default_factory=dict)
@@ -47,6 +50,8 @@ class FakeScp:
     cancel_wait: float = 0.0
     slow_level: str = "STUDY"
     abort_after: int | None = None
+    drop_reused: int = 0
+    drop_fresh: bool = False
     require_calling_aet: Sequence[str] = ()
     ssl_context: ssl.SSLContext | None = None
     # what happened
@@ -58,9 +63,11 @@ class FakeScp:
     identifiers: list[Dataset] = field(default_factory=list)
     peer_certificates: list[dict[str, Any]] = field(default_factory=list)
     proposed: list[set[str]] = field(default_factory=list)  # abstract syntaxes per association
+    dropped: int = 0  # requests aborted by `drop_reused`
     open_now: int = 0
     open_peak: int = 0
     _open: set[int] = field(default_factory=set)
+    _served: dict[int, int] = field(default_factory=dict)  # requests per association
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadedAssociationServer | None = None
     port: int = 0
@@ -167,7 +174,20 @@ class FakeScp:
                 seen[uid] = _answer(ident, ds)
         return list(seen.values())
 
+    def _drops(self, event: evt.Event) -> bool:
+        """Counts the request; True when `drop_reused` says to abort it unanswered."""
+        with self._lock:
+            served = self._served.get(id(event.assoc), 0)
+            self._served[id(event.assoc)] = served + 1
+            if (served or self.drop_fresh) and self.dropped < self.drop_reused:
+                self.dropped += 1
+                return True
+        return False
+
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        if self._drops(event):
+            event.assoc.abort()
+            return
         ident = event.identifier
         self.identifiers.append(ident)
         slow = ident.QueryRetrieveLevel == self.slow_level
@@ -200,6 +220,10 @@ class FakeScp:
     # -- C-GET --------------------------------------------------------------------------------
 
     def _on_get(self, event: evt.Event) -> Iterator[Any]:
+        if self._drops(event):
+            yield 1  # with 0 sub-operations pynetdicom would answer Success at once
+            event.assoc.abort()
+            return
         ident = event.identifier
         self.identifiers.append(ident)
         chosen = [ds for ds in self.datasets if _uids_match(ident, ds)]

@@ -19,8 +19,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from gateway.connectors.base import ResourceRef
-from gateway.connectors.dimse import DimseConnector
-from gateway.errors import NotFound
+from gateway.connectors.dimse import DimseConnector, RetrieveIncomplete
+from gateway.errors import ConnectorError, NotFound
 from gateway.query import Level
 from gateway.settings import Timeouts
 from tests.connectors.scp_fakes import FakeScp
@@ -130,6 +130,39 @@ def test_a_peer_that_released_an_idle_association_is_not_a_failure() -> None:
         conn.close()
 
 
+def test_a_search_the_pacs_drops_on_a_reused_association_is_sent_again() -> None:
+    """The PACS aborts the idle association at the moment the second search takes it: that
+    search goes out once more on a new association, and the viewer sees no error."""
+    with FakeScp(datasets=studies_of(3)) as fake:
+        conn = connector(fake.port, reuse_seconds=30)
+        expected = sorted(str(d.StudyInstanceUID) for d in fake.datasets)
+        assert uids(search(conn, Level.STUDY)) == expected
+        fake.drop_reused = 1
+        assert uids(search(conn, Level.STUDY)) == expected
+        assert fake.dropped == 1 and fake.aborted == 1
+        assert fake.proposed == [{FIND_MODEL}, {FIND_MODEL}]
+        # the new association is kept in its turn, and serves the next search
+        assert uids(search(conn, Level.STUDY)) == expected
+        assert len(fake.proposed) == 2
+        conn.close()
+
+
+def test_a_search_dropped_on_a_new_association_is_not_sent_again() -> None:
+    """One more try, on a new association, and no more: a PACS that aborts searches on
+    associations opened for them is failing, and the search is an error naming the
+    connector (a 502 at the HTTP edge), not a loop."""
+    with FakeScp(datasets=studies_of(1)) as fake:
+        conn = connector(fake.port, reuse_seconds=30)
+        search(conn, Level.STUDY)
+        fake.drop_reused, fake.drop_fresh = 5, True
+        with pytest.raises(ConnectorError) as info:
+            search(conn, Level.STUDY)
+        assert info.value.connector == "pacs1"
+        assert "association aborted" in info.value.message
+        assert fake.dropped == 2 and len(fake.proposed) == 2
+        conn.close()
+
+
 @pytest.mark.parametrize("archive", ["orthanc", "dcmqrscp"])
 def test_reused_associations_answer_like_fresh_ones_on_real_pacs(
     request: pytest.FixtureRequest, archive: str
@@ -192,6 +225,39 @@ def test_a_c_get_its_consumer_abandoned_is_not_reused() -> None:
         assert [p.sop_instance_uid for p in parts] == [str(d.SOPInstanceUID) for d in fake.datasets]
         # the second C-GET had a new association (the aborted one was not kept)
         assert [p for p in fake.proposed if GET_MODEL in p] == [{GET_MODEL, CT_IMAGE}] * 2
+        conn.close()
+
+
+def test_a_c_get_the_pacs_drops_on_a_reused_association_is_sent_again() -> None:
+    with FakeScp(datasets=one_series(3)) as fake:
+        conn = connector(fake.port, reuse_seconds=30)
+        first, second, _ = fake.datasets
+        assert len(list(conn.retrieve_instances(instance_ref(first, CT_IMAGE), "*"))) == 1
+        fake.drop_reused = 1
+        parts = list(conn.retrieve_instances(instance_ref(second, CT_IMAGE), "*"))
+        assert [p.sop_instance_uid for p in parts] == [str(second.SOPInstanceUID)]
+        assert pydicom.dcmread(BytesIO(parts[0].data)).PixelData == second.PixelData
+        # sent again on a new association; no C-FIND was needed for that
+        assert fake.dropped == 1 and fake.proposed == [{GET_MODEL, CT_IMAGE}] * 2
+        conn.close()
+
+
+def test_a_c_get_that_lost_its_reused_association_midway_is_not_sent_again() -> None:
+    """Objects already went to the viewer: the retrieval ends as incomplete (PS3.18's 206
+    and Warning at the HTTP edge), it is not started over behind the viewer's back."""
+    with FakeScp(datasets=one_series(4)) as fake:
+        conn = connector(fake.port, reuse_seconds=30)
+        first = fake.datasets[0]
+        series = ResourceRef(str(first.StudyInstanceUID), str(first.SeriesInstanceUID))
+        assert len(list(conn.retrieve_instances(series, "*"))) == 4
+        fake.abort_after = 2
+        got: list[str] = []
+        with pytest.raises(RetrieveIncomplete) as info:
+            got.extend(p.sop_instance_uid for p in conn.retrieve_instances(series, "*"))
+        assert got == [str(d.SOPInstanceUID) for d in fake.datasets[:2]]
+        assert (info.value.expected, info.value.received) == (4, 2)
+        # one C-GET association for both retrievals: the second was not sent again
+        assert [p for p in fake.proposed if GET_MODEL in p] == [{GET_MODEL, CT_IMAGE}]
         conn.close()
 
 
