@@ -178,16 +178,27 @@ class Engine:
 
     # -- retrieval ------------------------------------------------------------------------
 
-    def locate(self, ref: ResourceRef, ids: Sequence[str]) -> str:
-        """The first connector (in order) that holds `ref`; NotFound when none does. All are
-        asked at once, and the answer comes as soon as every connector ahead of the first one
-        holding `ref` has answered: a slow archive further down the list delays nothing."""
+    def _holder(self, ref: ResourceRef, ids: Sequence[str]) -> str:
+        """The connector to retrieve `ref` from. When only one connector may hold it (one is
+        configured, or asked for by `/archives/<id>`, and its search criteria allow the UIDs),
+        that one, without the look-up search: it answers NotFound itself, and the look-up
+        would cost a round trip to it before every retrieval. Otherwise `_locate`."""
+        asked = self._askable(_locate_query(ref), ids)
+        if len(asked) == 1:
+            return asked[0]
         return self._locate(ref, ids)[0]
 
+    def _askable(self, query: SearchQuery, ids: Sequence[str]) -> list[str]:
+        """The connectors among `ids` that may be asked `query` (search-criteria.deactivated)."""
+        return [i for i in ids if not (query.criteria & self.backends[i].settings.deactivated)]
+
     def _locate(self, ref: ResourceRef, ids: Sequence[str]) -> tuple[str, JsonDataset]:
-        """`locate`, with the dataset the connector answered."""
+        """The first connector (in order) that holds `ref`, and the dataset it answered;
+        NotFound when none does. All are asked at once, and the answer comes as soon as every
+        connector ahead of the first one holding `ref` has answered: a slow archive further
+        down the list delays nothing."""
         query = _locate_query(ref)
-        asked = [i for i in ids if not (query.criteria & self.backends[i].settings.deactivated)]
+        asked = self._askable(query, ids)
         start = time.monotonic()
         futures = {i: self._pool.submit(self.backends[i].connector.search, query) for i in asked}
         errors: list[ConnectorError] = []
@@ -207,7 +218,7 @@ class Engine:
     def retrieve_metadata(
         self, ref: ResourceRef, ids: Sequence[str], bulk_base: str
     ) -> list[JsonDataset]:
-        cid = self.locate(ref, ids)
+        cid = self._holder(ref, ids)
         with _guard(cid):
             datasets = self.backends[cid].connector.retrieve_metadata(ref, bulk_base)
         valid = [d for d in datasets if _valid_uids(d, Level.IMAGE)]
@@ -227,10 +238,14 @@ class Engine:
     def _open(
         self, ref: ResourceRef, ids: Sequence[str], transfer_syntax: str | Sequence[str]
     ) -> tuple[str, Generator[Part10, None, None]]:
-        cid, found = self._locate(ref, ids)
-        sop_class = dicomjson.first(found, SOP_CLASS) if ref.instance else None
-        if isinstance(sop_class, str) and is_uid(sop_class):
-            ref = replace(ref, sop_class=sop_class)
+        if ref.instance and any(self.backends[i].connector.capabilities.hinted for i in ids):
+            # the look-up search (often a cache hit) tells the instance's SOP class
+            cid, found = self._locate(ref, ids)
+            sop_class = dicomjson.first(found, SOP_CLASS)
+            if isinstance(sop_class, str) and is_uid(sop_class):
+                ref = replace(ref, sop_class=sop_class)
+        else:
+            cid = self._holder(ref, ids)
         stream = self.backends[cid].connector.retrieve_instances(ref, "*")
         try:
             with _guard(cid):

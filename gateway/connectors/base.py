@@ -45,6 +45,9 @@ class Capabilities:
     relational: bool = True  # /series and /instances without a study UID
     fuzzy: bool = False  # case-insensitive person-name matching
     uid_lists: bool = True
+    #: retrieves an instance faster given its SOP class (`ResourceRef.sop_class`), which the
+    #: engine then learns from a look-up search before retrieving
+    hinted: bool = False
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ _PASSING_FAILURES = frozenset({0xA700})
 class DimseConnector:
     """A DIMSE PACS behind the `Connector` protocol (see `connectors.base`)."""
 
-    capabilities = Capabilities(relational=True, fuzzy=False, uid_lists=True)
+    capabilities = Capabilities(relational=True, fuzzy=False, uid_lists=True, hinted=True)
 
     def __init__(
         self, settings: ConnectorSettings, *, storage_scp: StorageScp | None = None
