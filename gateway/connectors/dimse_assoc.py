@@ -187,6 +187,7 @@ class Link:
     _busy: int = field(init=False, default=0)  # associations open: in use and idle
     _idle: list[_Idle] = field(init=False, default_factory=list)
     _surplus: list[_Idle] = field(init=False, default_factory=list)  # for the reaper to release
+    _closed: bool = field(init=False, default=False)  # close() was called: keep nothing idle
     _cond: threading.Condition = field(init=False, default_factory=threading.Condition)
     _reaper: threading.Thread | None = field(init=False, default=None)
 
@@ -249,9 +250,8 @@ class Link:
                     and assoc.is_established
                     and not session.expired.is_set()
                 ):
-                    self._keep(_Idle(assoc, key, session._msg_id, time.monotonic()))
-                    kept = True
-                else:
+                    kept = self._keep(_Idle(assoc, key, session._msg_id, time.monotonic()))
+                if not kept:
                     _close(session, graceful)
         finally:
             if not kept:
@@ -295,11 +295,14 @@ class Link:
             self._busy -= 1  # released or aborted by the PACS: nothing open there
         return None
 
-    def _keep(self, idle: _Idle) -> None:
+    def _keep(self, idle: _Idle) -> bool:
         """Keeps `idle` for the next session with its key; an older idle association with the
         same key is handed to the reaper to be released (one per key: each holds one of the
-        PACS's association slots, which other users of the PACS may need)."""
+        PACS's association slots, which other users of the PACS may need). False, keeping
+        nothing, once the link is closed."""
         with self._cond:
+            if self._closed:
+                return False
             for older in [i for i in self._idle if i.key == idle.key]:
                 self._idle.remove(older)
                 self._surplus.append(older)
@@ -310,11 +313,14 @@ class Link:
                     target=self._reap, name=f"dimse-idle-{self.connector}", daemon=True
                 )
                 self._reaper.start()
+            return True
 
     def _free(self) -> None:
         with self._cond:
             self._busy -= 1
-            self._cond.notify()
+            # every waiter: the reaper waits on this condition too, and a wake-up it took
+            # would leave a request waiting for a free slot until its time-out
+            self._cond.notify_all()
 
     def _reap(self) -> None:
         """Releases surplus idle associations at once and the others once they are
@@ -340,8 +346,10 @@ class Link:
                 self._free()
 
     def close(self) -> None:
-        """Releases every idle association (the connector is closing)."""
+        """Releases every idle association (the connector is closing); sessions still running
+        release theirs when they end."""
         with self._cond:
+            self._closed = True
             idle, self._idle = self._idle + self._surplus, []
             self._surplus.clear()
         for item in idle:

@@ -261,6 +261,46 @@ def test_a_c_get_that_lost_its_reused_association_midway_is_not_sent_again() -> 
         conn.close()
 
 
+def test_a_search_waiting_for_the_slot_of_an_abandoned_c_get_gets_it_at_once() -> None:
+    """max-associations 1: a search waits while a C-GET holds the slot; the viewer abandons
+    the C-GET (its association is aborted, not kept), and the search must be woken then,
+    even while the idle-association reaper waits on the same condition."""
+    with FakeScp(datasets=one_series(3)) as fake:
+        conn = connector(fake.port, max_associations=1, reuse_seconds=30,
+                         timeouts=Timeouts(connect=2, request=8, acse=5, dimse=10, network=30))
+        search(conn, Level.STUDY)  # an idle search association: the reaper is waiting
+        stream = conn.retrieve_instances(instance_ref(fake.datasets[0], CT_IMAGE), "*")
+        next(stream)  # the C-GET took the idle association's slot
+        waited: list[float] = []
+
+        def waiter() -> None:
+            started = time.monotonic()
+            assert len(search(conn, Level.STUDY)) == 1
+            waited.append(time.monotonic() - started)
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.2)  # the search is waiting for the slot
+        stream.close()
+        thread.join(15)
+        conn.close()
+        assert len(waited) == 1 and waited[0] < 2  # not the 8 s request time-out
+
+
+def test_closing_the_connector_while_a_search_runs_leaves_nothing_open() -> None:
+    with FakeScp(datasets=studies_of(2)) as fake:
+        fake.hold = 0.5
+        conn = connector(fake.port, reuse_seconds=30)
+        thread = threading.Thread(target=lambda: search(conn, Level.STUDY))
+        thread.start()
+        time.sleep(0.2)
+        conn.close()  # the gateway shuts down while the search runs
+        thread.join(5)
+        assert fake.wait_for(lambda: fake.open_now == 0 and fake.releases == 1)
+        assert conn.link._idle == []
+        assert not [t for t in threading.enumerate() if t.name == "dimse-idle-pacs1"]
+
+
 def test_a_searched_sop_class_of_a_deleted_instance_ends_as_not_found() -> None:
     with FakeScp(datasets=one_series(2)) as fake:
         conn = connector(fake.port, reuse_seconds=0)
