@@ -9,8 +9,10 @@ Orthanc (its DIMSE port) whose instance is deleted through its REST API."""
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -103,3 +105,35 @@ def test_an_instance_deleted_from_orthanc_after_the_cache_listed_it_is_404(
         if app is not None:
             app.extensions["gateway"].close()
         orthanc.stop()
+
+
+class StallingGet(FakeScp):
+    """Accepts each C-GET, then sends nothing: no C-STORE, no response."""
+
+    gets: int = 0
+
+    def _on_get(self, event: Any) -> Iterator[Any]:
+        self.gets += 1
+        yield 1
+        self.released.wait(30)
+
+
+def test_a_stalled_c_get_is_a_504_after_one_dimse_time_out() -> None:
+    """The C-GET by the searched SOP class times out: that is the answer (504 naming the
+    connector), not a reason for the C-FIND and a second C-GET that would wait as long."""
+    fake = StallingGet(datasets=clone_series(CT["path"], 1)).start()
+    app = build({"pacs": dimse_connector(fake.port, timeouts=TIMEOUTS | {"dimse": 2})})
+    ds = fake.datasets[0]
+    try:
+        started = time.monotonic()
+        response = app.test_client().get(
+            frame_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID),
+            headers={"Accept": OCTETS},
+        )
+        elapsed = time.monotonic() - started
+        assert error_of(response, 504)["connector"] == "pacs"
+        assert fake.gets == 1
+        assert elapsed < 2 * 2  # one DIMSE time-out, not two
+    finally:
+        app.extensions["gateway"].close()
+        fake.stop()

@@ -217,10 +217,11 @@ class DimseConnector:
         With C-GET, an instance whose SOP class a search has just found (`ref.sop_class`,
         from the engine's look-up, often a cache hit) is retrieved without that C-FIND (C-MOVE
         keeps it: some PACS answer a C-MOVE of an unknown instance with the failure status
-        they give an unknown destination). When such a C-GET brings nothing (the instance
-        was deleted or moved since, its class was not what the search said, or the PACS
-        failed), the C-FIND is made after all and decides: NotFound, or a second retrieval
-        with what it found."""
+        they give an unknown destination). When such a C-GET ends with a final status and
+        nothing (the instance was deleted or moved since, or its class was not what the
+        search said), the C-FIND is made after all and decides: NotFound, or a second
+        retrieval with what it found. A C-GET that timed out or lost its association is an
+        error at once: a second one would only wait as long again."""
         moving = self.dimse.retrieve_method == "C-MOVE"
         if moving and self.storage_scp is None:
             raise ConnectorError(

@@ -180,6 +180,8 @@ def retrieve(
                 link, classes, syntaxes, ident, progress, transfer_syntax != "*" and number == 0
             )
             if outcome.error is not None:
+                if not progress.received:  # a time-out stays one (504), as with C-MOVE
+                    raise outcome.error
                 raise _incomplete(link.connector, target, progress, outcome.error.message)
             progress.last_code = outcome.code
             if (
