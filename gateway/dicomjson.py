@@ -312,10 +312,18 @@ def _with_values(vr: str, values: list[Any]) -> dict[str, Any]:
     return {"vr": vr, "Value": values}
 
 
-def normalise(data: Mapping[str, Any], drop_binary: bool = False) -> JsonDataset:
+def normalise(
+    data: Mapping[str, Any],
+    drop_binary: bool = False,
+    bulk: Callable[[tuple[str, ...]], str] | None = None,
+    path: tuple[str, ...] = (),
+) -> JsonDataset:
     """Fixes what other producers get wrong: lowercase keys, group lengths, a
     SpecificCharacterSet that no longer applies, `Value: []` and `Value: [""]`. The result
-    shares the attributes it does not change with `data`."""
+    shares the attributes it does not change with `data`. With `bulk`, every BulkDataURI, in
+    sequences too, becomes `bulk(tag path)` (`path` is that of `data`), and RetrieveURLs (the
+    producer's addresses) are left out, in the same pass: for a large answer, a second walk
+    over every attribute costs as much as this one."""
     out: JsonDataset = {}
     keys = list(data)
     if any(not k.isupper() for k in keys) or keys != sorted(keys):
@@ -326,14 +334,22 @@ def normalise(data: Mapping[str, Any], drop_binary: bool = False) -> JsonDataset
             continue
         attr = data[raw_key]  # shared, not copied: callers give a freshly decoded answer
         vr = attr.get("vr", "UN")
+        if bulk is not None and tag_key == "00081190":
+            continue  # after `attr.get`: a malformed attribute is an error, even this one
         if drop_binary and (("Value" not in attr and vr in _BULK_VRS) or "InlineBinary" in attr):
             continue
         value = attr.get("Value")
         if value is not None:
             if vr == "SQ":
-                attr = {**attr, "Value": [normalise(item, drop_binary) for item in value]}
+                items = [
+                    normalise(item, drop_binary, bulk, (*path, tag_key, str(i)))
+                    for i, item in enumerate(value)
+                ]
+                attr = {**attr, "Value": items}
             elif not value or (value[0] in (None, "") and all(v in (None, "") for v in value)):
                 attr = {k: v for k, v in attr.items() if k != "Value"}
+        if bulk is not None and "BulkDataURI" in attr:
+            attr = {**attr, "BulkDataURI": bulk((*path, tag_key))}
         out[tag_key] = attr
     return out
 

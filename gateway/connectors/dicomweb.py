@@ -13,8 +13,9 @@ the query string (it can hold patient data).
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +32,7 @@ DICOM_JSON = "application/dicom+json"
 #: Characters sent as they are in a query value: Orthanc does not decode `%2A` (testbed.md §0).
 QUERY_SAFE = "*?,^"
 _RETRIEVE_URL = dicomjson.key(0x00081190)
+_STUDY, _SERIES, _SOP = (dicomjson.key(t) for t in (STUDY_UID, SERIES_UID, SOP_UID))
 _LEVEL_PATH = {Level.STUDY: "studies", Level.SERIES: "series", Level.IMAGE: "instances"}
 
 
@@ -80,18 +82,21 @@ def resource_path(ref: ResourceRef) -> str:
     return "/".join(f"{name}/{uid}" for name, uid in levels if uid)
 
 
-def rewrite_bulk(
-    data: JsonDataset, base: str, uids: tuple[str, str, str], path: tuple[str, ...] = ()
-) -> None:
-    """Points every BulkDataURI, in sequences too, at the gateway (PS3.18 F.2.6), in place;
-    RetrieveURL is dropped (the engine writes the gateway's own)."""
-    data.pop(_RETRIEVE_URL, None)
-    for tag_key, attr in data.items():
-        if "BulkDataURI" in attr:
-            attr["BulkDataURI"] = dicomjson.bulk_uri(base, *uids, (*path, tag_key))
-        if attr.get("vr") == "SQ":
-            for i, item in enumerate(attr.get("Value") or ()):
-                rewrite_bulk(item, base, uids, (*path, tag_key, str(i)))
+def _bulk_for(
+    data: Mapping[str, Any], base: str, ref: ResourceRef
+) -> Callable[[tuple[str, ...]], str]:
+    """The gateway's BulkDataURI for each bulk element of `data` (PS3.18 F.2.6), by tag path,
+    for `dicomjson.normalise`: under the instance's own UIDs (keys as the upstream spelled
+    them, upper or lower case), or the reference's where they are missing."""
+
+    def uid(key: str, default: str | None) -> str:
+        attr = data.get(key) or data.get(key.lower())
+        value = attr.get("Value") if isinstance(attr, Mapping) else None
+        found = value[0] if isinstance(value, list) and value else None
+        return str(found or default or "")
+
+    uids = (uid(_STUDY, ref.study), uid(_SERIES, ref.series), uid(_SOP, ref.instance))
+    return functools.partial(dicomjson.bulk_uri, base, *uids)
 
 
 class DicomWebConnector:
@@ -160,13 +165,21 @@ class DicomWebConnector:
             body = self._qido.read_json(response, deadline, "search")
         return self._datasets(body, "search"), "additional result" in warning.lower()
 
-    def _datasets(self, body: Any, what: str) -> list[JsonDataset]:
+    def _datasets(
+        self, body: Any, what: str, bulk: tuple[str, ResourceRef] | None = None
+    ) -> list[JsonDataset]:
+        """The upstream's DICOM JSON array, normalised; with `bulk` (the gateway's base URL
+        and the resource asked for), BulkDataURIs pointed at the gateway."""
         if body is None:
             return []
         if not isinstance(body, list) or not all(isinstance(d, dict) for d in body):
             raise ConnectorError(f"{what}: upstream answer is not a DICOM JSON array", self.id)
         with mapped(self.id, what):
-            out = [dicomjson.normalise(d) for d in body]
+            if bulk is None:
+                out = [dicomjson.normalise(d) for d in body]
+            else:
+                base, ref = bulk
+                out = [dicomjson.normalise(d, bulk=_bulk_for(d, base, ref)) for d in body]
         for data in out:
             data.pop(_RETRIEVE_URL, None)
         return out
@@ -185,16 +198,9 @@ class DicomWebConnector:
             self._wado.check_status(response, "metadata")
             body = self._wado.read_json(response, deadline, "metadata")
         with jsoncodec.paused_gc():  # many new objects, no cycles: see jsoncodec.loads
-            datasets = self._datasets(body, "metadata")
-            if not datasets:
-                raise NotFound(f"no {ref.level.lower()} with that UID", self.id)
-            for data in datasets:
-                uids = (
-                    dicomjson.first(data, STUDY_UID) or ref.study,
-                    dicomjson.first(data, SERIES_UID) or ref.series or "",
-                    dicomjson.first(data, SOP_UID) or ref.instance or "",
-                )
-                rewrite_bulk(data, bulk_base.rstrip("/"), uids)
+            datasets = self._datasets(body, "metadata", (bulk_base.rstrip("/"), ref))
+        if not datasets:
+            raise NotFound(f"no {ref.level.lower()} with that UID", self.id)
         return datasets
 
     def retrieve_instances(

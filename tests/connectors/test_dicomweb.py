@@ -810,7 +810,10 @@ def test_nested_bulk_data_uris_are_rewritten(build: Build) -> None:
             "7FE00010": {"vr": "OW", "BulkDataURI": upstream_uri + "/bulk/7fe00010"},
             "00880200": {
                 "vr": "SQ",
-                "Value": [{"7FE00010": {"vr": "OB", "BulkDataURI": upstream_uri + "/icon"}}],
+                "Value": [{
+                    "00081190": {"vr": "UR", "Value": [upstream_uri]},
+                    "7FE00010": {"vr": "OB", "BulkDataURI": upstream_uri + "/icon"},
+                }],
             },
         }
     ]
@@ -822,7 +825,28 @@ def test_nested_bulk_data_uris_are_rewritten(build: Build) -> None:
     assert data["7FE00010"]["BulkDataURI"] == f"{instance}/bulk/7FE00010"
     icon = data["00880200"]["Value"][0]["7FE00010"]
     assert icon["BulkDataURI"] == f"{instance}/bulk/00880200/0/7FE00010"
-    assert "00081190" not in data
+    assert "00081190" not in data  # the upstream's address, here and in the item
+    assert list(data["00880200"]["Value"][0]) == ["7FE00010"]
+
+
+def test_bulk_data_uris_take_the_uids_of_lowercase_keys(build: Build) -> None:
+    """An upstream writing tags in lower case (PS3.18 F.2 wants upper case): the instance's
+    own UIDs still name its bulk data, not the study asked for."""
+    study, series, sop = "1.2.3", "1.2.3.4", "1.2.3.4.6"
+    metadata = [{
+        "0020000d": {"vr": "UI", "Value": [study]},
+        "0020000e": {"vr": "UI", "Value": [series]},
+        "00080018": {"vr": "UI", "Value": [sop]},
+        "7fe00010": {"vr": "OW", "BulkDataURI": "http://upstream/x"},
+    }]
+    route = {f"/dicom-web/studies/{study}": fakes.json_answer(metadata)}
+    with fakes.FakeServer(route) as server:
+        connector = build(none_auth(server.url + "/dicom-web"))
+        (data,) = connector.retrieve_metadata(ResourceRef(study), GATEWAY_BASE)
+    assert data["7FE00010"]["BulkDataURI"] == (
+        f"{GATEWAY_BASE}/studies/{study}/series/{series}/instances/{sop}/bulk/7FE00010"
+    )
+    assert data["0020000E"] == {"vr": "UI", "Value": [series]}
 
 
 @pytest.mark.parametrize("code", [404, 204])
