@@ -127,23 +127,38 @@ def negotiate_instances(header: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(syntaxes))
 
 
-def negotiate_bulk(header: str | None) -> bool:
-    """Bulk data (PS3.18 8.7.3.4): True for `multipart/related; type="application/octet-stream"`,
-    False for a single `application/octet-stream` body, which is also what a browser's
-    `*/*` gets; anything else is a 406."""
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+#: Transfer syntaxes of `application/octet-stream` bulk data (PS3.18 Table 8.7.3-5: Explicit
+#: VR Little Endian is the default), and `*`: as stored.
+BULK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "*")
+
+
+@dataclass(frozen=True)
+class BulkAsk:
+    multipart: bool  # `multipart/related; type="application/octet-stream"` (else one body)
+    transfer_syntax: str  # one of BULK_SYNTAXES
+
+
+def negotiate_bulk(header: str | None) -> BulkAsk:
+    """Bulk data (PS3.18 8.7.3.4): multipart for `multipart/related;
+    type="application/octet-stream"`, a single `application/octet-stream` body otherwise
+    (also what a browser's `*/*` gets), in the range's `transfer-syntax` (default Explicit VR
+    Little Endian, `*` for as stored); anything else is a 406."""
     if not (header or "").strip():
-        return False
+        return BulkAsk(False, EXPLICIT_VR_LITTLE_ENDIAN)
     for r in parse_accept(header):
-        if r.mimetype == "multipart/related" and (
+        multipart = r.mimetype == "multipart/related" and (
             r.param("type") or "application/octet-stream"
-        ) in (
-            "application/octet-stream",
-            "*/*",
-        ):
-            return True
-        if r.mimetype in ("application/octet-stream", "*/*", "application/*"):
-            return False
-    raise NotAcceptable("bulk data is served as application/octet-stream")
+        ) in ("application/octet-stream", "*/*")
+        if not multipart and r.mimetype not in ("application/octet-stream", "*/*", "application/*"):
+            continue
+        syntax = r.param("transfer-syntax") or EXPLICIT_VR_LITTLE_ENDIAN
+        if syntax in BULK_SYNTAXES:
+            return BulkAsk(multipart, syntax)
+    raise NotAcceptable(
+        "bulk data is served as application/octet-stream, transfer-syntax "
+        + ", ".join(BULK_SYNTAXES)
+    )
 
 
 # -- frames (PS3.18 8.7.3.3, 10.4.1.1.3) -------------------------------------------------------

@@ -6,13 +6,14 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, request
 
-from .. import bulk
+from .. import bulk, transcode
 from ..connectors.base import Part10
 from ..multipart import encode, new_boundary
 from ..negotiation import negotiate_bulk, negotiate_instances, negotiate_json
 from ..web import connector_ids, dicomweb_base, gateway, json_response, resource_ref, warning_values
 
 bp = Blueprint("wado", __name__)
+PIXEL_DATA = 0x7FE00010
 
 
 def _parts(stream: Iterator[Part10]) -> Iterator[tuple[str, bytes]]:
@@ -60,12 +61,18 @@ def retrieve_bulkdata(
     study: str, series: str, instance: str, path: str, connector_id: str | None = None
 ) -> Response:
     """Retrieve Bulkdata (PS3.18 10.4.1.1.4): the value of a BulkDataURI the gateway emitted."""
-    multipart = negotiate_bulk(request.headers.get("Accept"))
+    asked = negotiate_bulk(request.headers.get("Accept"))
     tag_path = bulk.parse_path(path)
     ref = resource_ref(study, series, instance)
-    value, syntax = gateway().engine.retrieve_with(
-        ref, connector_ids(connector_id), lambda s: bulk.extract(next(s).data, tag_path)
-    )
+
+    def value_of(stream: Iterator[Part10]) -> tuple[bytes, str]:
+        part = next(stream)
+        if tag_path == (PIXEL_DATA,) and asked.transfer_syntax != "*":
+            part = transcode.deliver(part, asked.transfer_syntax)  # compressed: decoded
+        return bulk.extract(part.data, tag_path)
+
+    value, syntax = gateway().engine.retrieve_with(ref, connector_ids(connector_id), value_of)
+    multipart = asked.multipart
     content_type = f"application/octet-stream; transfer-syntax={syntax}"
     if not multipart:
         return Response(value, content_type="application/octet-stream")

@@ -350,6 +350,43 @@ def test_bulk_data_uri_from_metadata_resolves_to_the_pixel_data(client, accept, 
         assert r.headers["Content-Type"] == "application/octet-stream" and r.data == pixels
 
 
+RLE = samples.sample_index()["SC_rgb_rle.dcm"]
+
+
+def rle_bulk(client, accept):
+    url = (f"/dicomweb/studies/{RLE['StudyInstanceUID']}/series/{RLE['SeriesInstanceUID']}"
+           f"/instances/{RLE['SOPInstanceUID']}/bulk/7FE00010")
+    return client.get(url, headers={"Accept": accept} if accept else {})
+
+
+@pytest.mark.parametrize("accept", [
+    None, "application/octet-stream",
+    'multipart/related; type="application/octet-stream"',
+    'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1',
+])
+def test_bulk_pixel_data_of_a_compressed_object_is_native_by_default(client, accept):
+    """PS3.18 Table 8.7.3-5: application/octet-stream bulk data is Explicit VR Little Endian
+    unless asked otherwise: RLE pixel data comes decoded, as pydicom's uncompressed twin of
+    the same image (SC_rgb.dcm) holds it."""
+    from pydicom.data import get_testdata_file
+
+    native = pydicom.dcmread(get_testdata_file("SC_rgb.dcm")).PixelData
+    r = rle_bulk(client, accept)
+    assert r.status_code == 200
+    if accept and accept.startswith("multipart"):
+        assert parts(r) == [("application/octet-stream", "1.2.840.10008.1.2.1", native)]
+    else:
+        assert r.data == native
+
+
+def test_bulk_pixel_data_as_stored_and_refused_syntaxes(client):
+    r = rle_bulk(client, 'multipart/related; type="application/octet-stream"; transfer-syntax=*')
+    stored = pydicom.dcmread(RLE["path"]).PixelData  # the encapsulated RLE fragments
+    assert parts(r) == [("application/octet-stream", "1.2.840.10008.1.2.5", stored)]
+    lossy = "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50"
+    assert rle_bulk(client, lossy).status_code == 406
+
+
 def test_bulk_data_errors(client):
     base = f"/dicomweb/studies/{CT['StudyInstanceUID']}/series/{CT['SeriesInstanceUID']}/instances/{CT['SOPInstanceUID']}/bulk"
     assert client.get(f"{base}/00091001").status_code == 404
