@@ -20,6 +20,11 @@ preload_app = False
 # The gateway decides which forwarded headers to trust (gateway.trust-proxy), not gunicorn.
 secure_scheme_headers: dict[str, str] = {}
 forwarded_allow_ips = ""
+# gunicorn's control socket (for `gunicornc`) only where GATEWAY_CONTROL_SOCKET names a path:
+# its default path is one per user, so a second gateway on the host would take it over and
+# remove it when it stops.
+control_socket = os.environ.get("GATEWAY_CONTROL_SOCKET", "")
+control_socket_disable = not control_socket
 accesslog = None  # the gateway logs one line per request itself, without query strings
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
 logconfig_dict = {

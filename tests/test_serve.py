@@ -38,7 +38,9 @@ def demo_config(tmp_path: Path) -> str:
 
 def test_gunicorn_serves_the_demo_archive(tmp_path):
     port = free_port()
-    env = {**os.environ, "GATEWAY_CONFIG": demo_config(tmp_path),
+    home = tmp_path / "home"  # where gunicorn would put its control socket by default
+    env = {**{k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"},
+           "GATEWAY_CONFIG": demo_config(tmp_path), "HOME": str(home),
            "GATEWAY_BIND": f"127.0.0.1:{port}", "GATEWAY_WORKERS": "2"}
     log = tmp_path / "gunicorn.log"
     with log.open("wb") as out:
@@ -54,6 +56,9 @@ def test_gunicorn_serves_the_demo_archive(tmp_path):
         assert sorted(d["0020000D"]["Value"][0] for d in r.json()) == samples.studies()
         ready = requests.get(f"{base}/readyz", timeout=10)
         assert ready.json() == {"ready": True, "connectors": {"demo": "ok"}}
+        # no control socket at gunicorn's per-user default path, which a second gateway on
+        # the host would share (and remove when it stops)
+        assert not (home / ".gunicorn").exists()
         # a search by 100 UIDs of 64 characters: a 6.6 kB request line (gunicorn's default
         # limit is 4094 bytes), the study asked for among 99 unknown ones
         study = samples.studies()[0]
