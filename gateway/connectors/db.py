@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import threading
 import time
 from collections import Counter, defaultdict
@@ -37,6 +38,8 @@ from . import db_sql
 from .base import Capabilities, Part10, ResourceRef, SearchResult, boundary
 from .db_url import create_engine, sql_errors, to_sqlalchemy_url
 from .http_upstream import Upstream, retrieve_instance
+
+log = logging.getLogger("gateway.db")
 
 INSTANCE_AVAILABILITY = tag_of("InstanceAvailability")
 MODALITY, MODALITIES_IN_STUDY = tag_of("Modality"), tag_of("ModalitiesInStudy")
@@ -224,6 +227,12 @@ class DbConnector:
             if self._columns is None:
                 with self._engine.connect() as conn:
                     self._columns = db_sql.describe(conn, self._select, self._file_label)
+                if self._columns.unmapped:
+                    log.warning(
+                        "connector %s: select columns naming no DICOM attribute (ignored): %s",
+                        self.id,
+                        ", ".join(self._columns.unmapped),
+                    )
             return self._columns
 
     def _label(self, columns: db_sql.Columns, tag: int) -> str:

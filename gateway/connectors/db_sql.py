@@ -146,6 +146,12 @@ class Columns:
     sources: Mapping[int, Source]
     file_path: str | None = None
 
+    @property
+    def unmapped(self) -> list[str]:
+        """Labels that name no DICOM attribute (a join key, or a misspelt keyword)."""
+        used = {s.label for s in self.sources.values()} | {self.file_path}
+        return [label for label in self.labels if label not in used]
+
     def label(self, tag: int) -> str | None:
         source = self.sources.get(tag)
         return source.label if source is not None else None

@@ -6,8 +6,10 @@ from the sample files read with pydicom (`F.all_rows()`) or from the synthetic r
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -45,7 +47,8 @@ def settings(db: F.Database, id_columns: bool = True, **query: Any) -> Connector
     options.update(F.ID_COLUMNS if id_columns else {})
     options.update(query)
     uri = options.pop("uri", db.uri)
-    db_settings = DbSettings(uri=uri, query=DbQuery(select=F.SELECT, **options))
+    select = options.pop("select", F.SELECT)
+    db_settings = DbSettings(uri=uri, query=DbQuery(select=select, **options))
     return ConnectorSettings(id="pacs", type="DB", db=db_settings)
 
 
@@ -651,6 +654,23 @@ def test_file_path_and_unknown_labels() -> None:
     assert columns.file_path == "file_path" and dict(columns.sources) == {}
     columns = db_sql.map_columns([("file_path", "text"), ("fs_path", "text")], "fs_path")
     assert columns.file_path == "fs_path"
+
+
+def test_labels_naming_no_attribute_are_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A misspelt keyword would silently drop its attribute: the start-up log names it."""
+    with F.database("sqlite", tmp_path) as db:
+        select = F.SELECT.replace("se.modality AS modality", "se.modality AS modalty")
+        connector = DbConnector(settings(db, select=select))
+        with caplog.at_level(logging.WARNING, logger="gateway.db"):
+            search(connector, Level.STUDY)
+            search(connector, Level.SERIES)
+        connector.close()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.db"]
+    assert warnings == [
+        "connector pacs: select columns naming no DICOM attribute (ignored): patient_pk, modalty"
+    ]
 
 
 UTC_PLUS_1 = dt.timezone(dt.timedelta(hours=1))
