@@ -99,7 +99,7 @@ def _manifest(wanted: ManifestRequest) -> Response:
     accept = request.accept_mimetypes
     kind = accept.best_match([_XML, "text/xml", _JSON]) if accept.provided else _XML
     if kind is None:
-        raise NotAcceptable("a manifest is application/xml or application/json")
+        raise NotAcceptable("a manifest is application/xml, text/xml or application/json")
     built = gateway().weasis.build(wanted, _connectors(wanted), public_root())
     if kind == _JSON:
         body = jsoncodec.dumps(manifest.to_json(built))
