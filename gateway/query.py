@@ -288,6 +288,8 @@ def parse_search(
             if value not in ("true", "false"):
                 raise BadRequest("fuzzymatching must be true or false", parameter=name)
             fuzzy = value == "true"
+        elif name == "accept":
+            pass  # the Accept query parameter (PS3.18 8.3.3.1), read by the view
         elif name == "limit":
             limit = parse_unsigned(value, name)
         elif name == "offset":

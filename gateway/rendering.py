@@ -97,11 +97,10 @@ class RenderParams:
 # -- request parsing ---------------------------------------------------------------------------
 
 
-def negotiate(header: str | None, accept_param: str | None = None) -> str:
+def negotiate(text: str | None) -> str:
     """The rendered media type (PS3.18 8.7.4): JPEG by default and for `*/*` or `image/*`,
-    PNG or GIF on request; the `accept` query parameter, when present, replaces the header
-    (PS3.18 8.3.3.1). Anything else is a 406."""
-    text = accept_param if accept_param is not None else header
+    PNG or GIF on request (`text`: the Accept header, or the `accept` query parameter that
+    replaces it, see `web.accept`). Anything else is a 406."""
     if not (text or "").strip():
         return JPEG
     for r in parse_accept(text):

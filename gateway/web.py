@@ -90,6 +90,14 @@ def warning_values(texts: Iterable[str]) -> list[str]:
 GZIP_FROM = 1024
 
 
+def accept() -> str | None:
+    """What the client accepts: the `accept` query parameter when present (PS3.18 8.3.3.1:
+    for links that cannot set a header), else the Accept header field."""
+    if "accept" in request.args:
+        return request.args.get("accept")
+    return request.headers.get("Accept")
+
+
 def json_response(body: Any, mimetype: str, warnings: Sequence[str] = ()) -> Response:
     """A JSON answer with an ETag (RFC 9110 8.8.3: a hash of the body, one per content
     coding), a 304 when `If-None-Match` names it (RFC 9110 13.1.2), and gzip when the client

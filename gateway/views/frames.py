@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
 from .. import frames as pixel_frames
 from ..connectors.base import Part10
 from ..multipart import encode, new_boundary
 from ..negotiation import FrameChoice, choose_frames, frame_ranges
-from ..web import connector_ids, gateway, resource_ref
+from ..web import accept, connector_ids, gateway, resource_ref
 
 bp = Blueprint("frames", __name__)
 
@@ -21,7 +21,7 @@ def retrieve_frames(
 ) -> Response:
     """GET {root}/studies/{s}/series/{se}/instances/{i}/frames/{list}."""
     numbers = pixel_frames.parse_frame_list(frame_list)
-    ranges = frame_ranges(request.headers.get("Accept"), len(numbers))
+    ranges = frame_ranges(accept(), len(numbers))
     ref = resource_ref(study, series, instance)
 
     def use(stream: Iterator[Part10]) -> tuple[FrameChoice, Iterator[bytes]]:

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, request
 
 from ..negotiation import negotiate_json
 from ..query import SERIES_UID, STUDY_UID, Level, parse_search
-from ..web import connector_ids, dicomweb_base, gateway, json_response
+from ..web import accept, connector_ids, dicomweb_base, gateway, json_response
 
 bp = Blueprint("qido", __name__)
 
@@ -26,7 +26,7 @@ def search(
     study: str | None = None,
     series: str | None = None,
 ) -> Response:
-    mimetype = negotiate_json(request.headers.get("Accept"))
+    mimetype = negotiate_json(accept())
     ids = connector_ids(connector_id)
     path_uids = {t: u for t, u in ((STUDY_UID, study), (SERIES_UID, series)) if u is not None}
     gw = gateway()

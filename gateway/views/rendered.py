@@ -7,7 +7,7 @@ from flask import Blueprint, Response, request
 
 from .. import rendering
 from ..connectors.base import ResourceRef
-from ..web import connector_ids, gateway, resource_ref, warning_values
+from ..web import accept, connector_ids, gateway, resource_ref, warning_values
 
 bp = Blueprint("rendered", __name__)
 
@@ -32,7 +32,7 @@ def retrieve_rendered(
     thumbnail: bool = False,
 ) -> Response:
     """Retrieve Rendered / Thumbnail: image/jpeg by default, image/png or image/gif on request."""
-    media_type = rendering.negotiate(request.headers.get("Accept"), request.args.get("accept"))
+    media_type = rendering.negotiate(accept())
     params = rendering.parse_params(request.args.to_dict(), media_type, thumbnail)
     frame = rendering.parse_frame(frames)
     image = _render(resource_ref(study, series, instance), connector_id, frame, params)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
 from .. import bulk, transcode
 from ..connectors.base import Part10
 from ..multipart import encode, new_boundary
 from ..negotiation import negotiate_bulk, negotiate_instances, negotiate_json
-from ..web import connector_ids, dicomweb_base, gateway, json_response, resource_ref, warning_values
+from ..web import (
+    accept,
+    connector_ids,
+    dicomweb_base,
+    gateway,
+    json_response,
+    resource_ref,
+    warning_values,
+)
 
 bp = Blueprint("wado", __name__)
 PIXEL_DATA = 0x7FE00010
@@ -28,7 +36,7 @@ def retrieve(
     connector_id: str | None = None,
 ) -> Response:
     """Retrieve Study / Series / Instance: multipart/related; type="application/dicom"."""
-    transfer_syntax = negotiate_instances(request.headers.get("Accept"))
+    transfer_syntax = negotiate_instances(accept())
     ref = resource_ref(study, series, instance)
     engine = gateway().engine
     got = engine.retrieve_study_series_instance(ref, connector_ids(connector_id), transfer_syntax)
@@ -50,7 +58,7 @@ def metadata(
     connector_id: str | None = None,
 ) -> Response:
     """Retrieve Study / Series / Instance Metadata as DICOM JSON (PS3.18 10.4.1.1.2)."""
-    mimetype = negotiate_json(request.headers.get("Accept"))
+    mimetype = negotiate_json(accept())
     ref = resource_ref(study, series, instance)
     ids = connector_ids(connector_id)
     datasets = gateway().engine.retrieve_metadata(ref, ids, dicomweb_base(connector_id))
@@ -61,7 +69,7 @@ def retrieve_bulkdata(
     study: str, series: str, instance: str, path: str, connector_id: str | None = None
 ) -> Response:
     """Retrieve Bulkdata (PS3.18 10.4.1.1.4): the value of a BulkDataURI the gateway emitted."""
-    asked = negotiate_bulk(request.headers.get("Accept"))
+    asked = negotiate_bulk(accept())
     tag_path = bulk.parse_path(path)
     ref = resource_ref(study, series, instance)
 

@@ -354,9 +354,15 @@ RLE = samples.sample_index()["SC_rgb_rle.dcm"]
 
 
 def rle_bulk(client, accept):
-    url = (f"/dicomweb/studies/{RLE['StudyInstanceUID']}/series/{RLE['SeriesInstanceUID']}"
-           f"/instances/{RLE['SOPInstanceUID']}/bulk/7FE00010")
-    return client.get(url, headers={"Accept": accept} if accept else {})
+    return client.get(RLE_BULK, headers={"Accept": accept} if accept else {})
+
+
+def rle_bulk_url_get(client, query):
+    return client.get(RLE_BULK + query)
+
+
+RLE_BULK = (f"/dicomweb/studies/{RLE['StudyInstanceUID']}/series/{RLE['SeriesInstanceUID']}"
+            f"/instances/{RLE['SOPInstanceUID']}/bulk/7FE00010")
 
 
 @pytest.mark.parametrize("accept", [
@@ -416,3 +422,24 @@ def test_metrics_count_requests_by_route_and_connector_failures(tmp_path):
         assert 'gateway_connector_errors_total{connector="dead",status="502"} 1.0' in lines
     finally:
         app.extensions["gateway"].close()
+
+
+def test_the_accept_query_parameter_replaces_the_header(client):
+    """PS3.18 8.3.3.1: a link that cannot set a header says what it accepts in `accept`."""
+    from urllib.parse import quote
+
+    r = client.get("/dicomweb/studies?accept=application/json", headers={"Accept": "text/html"})
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    assert sorted(d["0020000D"]["Value"][0] for d in r.get_json()) == samples.studies()
+    assert client.get("/dicomweb/studies?accept=text/html").status_code == 406
+    series = f"/dicomweb/studies/{CT['StudyInstanceUID']}/series/{CT['SeriesInstanceUID']}"
+    r = client.get(f"{series}/metadata?accept=application/dicom%2Bjson",
+                   headers={"Accept": "text/html"})
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/dicom+json"
+    stored = quote('multipart/related; type="application/dicom"; transfer-syntax=*')
+    r = client.get(f"{series}/instances/{CT['SOPInstanceUID']}?accept={stored}")
+    assert r.status_code == 200
+    assert parts(r) == [("application/dicom", "1.2.840.10008.1.2.1", CT["path"].read_bytes())]
+    as_stored = quote('multipart/related; type="application/octet-stream"; transfer-syntax=*')
+    r = rle_bulk_url_get(client, f"?accept={as_stored}")
+    assert parts(r)[0][1] == "1.2.840.10008.1.2.5"  # as stored, not the default decoding
