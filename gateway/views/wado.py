@@ -22,6 +22,8 @@ from ..web import (
 
 bp = Blueprint("wado", __name__)
 PIXEL_DATA = 0x7FE00010
+#: Explicit and Implicit VR Little Endian, Deflated Explicit VR Little Endian
+NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99")
 
 
 def _parts(stream: Iterator[Part10]) -> Iterator[tuple[str, bytes]]:
@@ -75,9 +77,12 @@ def retrieve_bulkdata(
 
     def value_of(stream: Iterator[Part10]) -> tuple[bytes, str]:
         part = next(stream)
-        if tag_path == (PIXEL_DATA,) and asked.transfer_syntax != "*":
-            part = transcode.deliver(part, asked.transfer_syntax)  # compressed: decoded
-        return bulk.extract(part.data, tag_path)
+        if tag_path != (PIXEL_DATA,) or asked.transfer_syntax == "*":
+            return bulk.extract(part.data, tag_path)
+        if part.transfer_syntax not in NATIVE_LITTLE_ENDIAN:  # compressed, or big endian
+            part = transcode.deliver(part, asked.transfer_syntax)
+        # native little-endian pixel data is the same bytes in either VR encoding
+        return bulk.extract(part.data, tag_path)[0], asked.transfer_syntax
 
     value, syntax = gateway().engine.retrieve_with(ref, connector_ids(connector_id), value_of)
     multipart = asked.multipart

@@ -443,3 +443,19 @@ def test_the_accept_query_parameter_replaces_the_header(client):
     as_stored = quote('multipart/related; type="application/octet-stream"; transfer-syntax=*')
     r = rle_bulk_url_get(client, f"?accept={as_stored}")
     assert parts(r)[0][1] == "1.2.840.10008.1.2.5"  # as stored, not the default decoding
+
+
+def test_native_bulk_pixel_data_is_not_re_encoded(client, monkeypatch):
+    """rtdose.dcm is Implicit VR Little Endian: its Pixel Data is the same bytes in Explicit
+    VR Little Endian, so the default answer is the stored value, with no re-encoding (and no
+    re-encoding budget: the budget lowered below its size changes nothing)."""
+    from gateway import transcode
+
+    monkeypatch.setattr(transcode, "MAX_DECODED_BYTES", 1024)
+    rtdose = samples.sample_index()["rtdose.dcm"]
+    url = (f"/dicomweb/studies/{rtdose['StudyInstanceUID']}/series/"
+           f"{rtdose['SeriesInstanceUID']}/instances/{rtdose['SOPInstanceUID']}/bulk/7FE00010")
+    r = client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    assert r.status_code == 200
+    stored = pydicom.dcmread(rtdose["path"]).PixelData
+    assert parts(r) == [("application/octet-stream", "1.2.840.10008.1.2.1", stored)]
