@@ -328,6 +328,8 @@ def normalise(
     keys = list(data)
     if any(not k.isupper() for k in keys) or keys != sorted(keys):
         keys.sort(key=str.upper)  # most producers send them sorted, in upper case
+        if len({k.upper() for k in keys}) != len(keys):
+            raise ValueError("an attribute is given twice (keys differing in case only)")
     for raw_key in keys:
         tag_key = raw_key.upper()
         if tag_key[4:] == "0000" or tag_key == "00080005":

@@ -37,6 +37,14 @@ def read(data: bytes, defer_size: int | None = None) -> pydicom.Dataset:
     return ds
 
 
+def header(data: bytes, tags: tuple[int, ...]) -> Dataset:
+    """Only `tags` of a Part 10 object's data set (pydicom stops reading at Pixel Data): for a
+    check of a few attributes, not for serving. Raises what pydicom raises on damaged input."""
+    return pydicom.dcmread(
+        io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(tags)
+    )
+
+
 _UNDEFINED = 0xFFFFFFFF
 
 

@@ -127,3 +127,55 @@ def test_a_connector_with_the_criterion_deactivated_is_not_asked(
     app.extensions["gateway"].close()
     assert response.status_code == 404
     assert holder.requests == []
+
+
+def test_an_upstream_answering_204_for_a_missing_resource_is_a_404_everywhere() -> None:
+    """204 No Content from WADO-RS means nothing there, for objects as for metadata."""
+
+    def wado(request: fakes.Request) -> None:
+        request.reply(204)
+
+    with fakes.FakeServer({"/studies": Upstream([], wado)}) as empty:
+        app = build({"up": web_connector(empty.url, TIMEOUTS)})
+        client = app.test_client()
+        answers = [
+            client.get(f"/dicomweb{SERIES_PATH}/metadata"),
+            client.get(f"/dicomweb{SERIES_PATH}", headers={"Accept": AS_STORED}),
+            client.get(f"/dicomweb{SERIES_PATH}/instances/{SOP}/frames/1"),
+        ]
+        app.extensions["gateway"].close()
+    assert [error_of(a, 404)["connector"] for a in answers] == ["up"] * 3
+
+
+WRONG_STUDY = "1.2.3.4.5"
+
+
+def lenient_upstream() -> Upstream:
+    """Its QIDO-RS matches by every UID, its WADO-RS by the last UID of the path alone: it
+    would send rtdose.dcm's series and metadata under any study."""
+    holder = rtdose_upstream()
+    return Upstream([], holder.wado)
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        (f"/studies/{WRONG_STUDY}/series/{SERIES}/metadata", None),
+        (f"/studies/{WRONG_STUDY}/series/{SERIES}", AS_STORED),
+        (f"/studies/{WRONG_STUDY}/series/{SERIES}/instances/{SOP}", AS_STORED),
+        (f"/studies/{WRONG_STUDY}/series/{SERIES}/instances/{SOP}/frames/1", None),
+        (f"/studies/{STUDY}/series/{WRONG_STUDY}/instances/{SOP}/frames/1", None),
+    ],
+)
+def test_a_resource_under_the_wrong_parent_is_404_even_from_a_lenient_upstream(
+    path: str, accept: str | None
+) -> None:
+    """PS3.18's resources are hierarchical: a series asked under a study it is not in does
+    not exist, whatever an upstream that ignores the study in the path sends."""
+    with fakes.FakeServer({"/studies": lenient_upstream()}) as lenient:
+        app = build({"up": web_connector(lenient.url, TIMEOUTS)})
+        response = app.test_client().get(
+            f"/dicomweb{path}", headers={"Accept": accept} if accept else {}
+        )
+        app.extensions["gateway"].close()
+    assert error_of(response, 404)["connector"] == "up"

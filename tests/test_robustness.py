@@ -1142,7 +1142,12 @@ def test_logs_hold_no_credentials_and_no_patient_data(
         "00100010": {"vr": "PN", "Value": [{"Alphabetic": "ZEBRA^WEBPATIENT"}]},
         "00100020": {"vr": "LO", "Value": ["ZEBRAPID77"]},
     }
-    upstream = Upstream([web_answer], complete([CT["path"].read_bytes()]))
+    web_object = pydicom.dcmread(CT["path"])  # the study the web answer names
+    web_object.StudyInstanceUID, web_object.SeriesInstanceUID = web_study, web_study + ".1"
+    web_object.SOPInstanceUID = web_object.file_meta.MediaStorageSOPInstanceUID = web_study + ".1.1"
+    stored = io.BytesIO()
+    web_object.save_as(stored, enforce_file_format=True)
+    upstream = Upstream([web_answer], complete([stored.getvalue()]))
     datasets = clone_series(CT["path"], 2, patient="ZEBRA^DIMSEPATIENT")
     for ds in datasets:
         ds.PatientID = "ZEBRAPID88"

@@ -23,7 +23,7 @@ from .. import dicomjson, jsoncodec
 from ..dicomjson import JsonDataset
 from ..errors import ConnectorError, NotAcceptable, NotFound
 from ..multipart import iter_parts
-from ..query import SERIES_UID, SOP_UID, STUDY_UID, Level, Match, SearchQuery
+from ..query import SERIES_UID, SOP_UID, STUDY_UID, Level, Match, SearchQuery, is_uid
 from ..settings import ConnectorSettings, OidcClient
 from .base import Capabilities, Part10, ResourceRef, SearchResult
 from .http_upstream import Upstream, mapped, part10_of
@@ -93,7 +93,8 @@ def _bulk_for(
         attr = data.get(key) or data.get(key.lower())
         value = attr.get("Value") if isinstance(attr, Mapping) else None
         found = value[0] if isinstance(value, list) and value else None
-        return str(found or default or "")
+        # an invalid one leaves the dataset to the engine, which drops it: never in a URL
+        return found if isinstance(found, str) and is_uid(found) else (default or "")
 
     uids = (uid(_STUDY, ref.study), uid(_SERIES, ref.series), uid(_SOP, ref.instance))
     return functools.partial(dicomjson.bulk_uri, base, *uids)
@@ -214,9 +215,9 @@ class DicomWebConnector:
         first: list[float | None] = [self._deadline()]
         response = self._wado.get(resource_path(ref), "", accept, first[0], "retrieve", stream=True)
         with response:
-            if response.status_code in (404, 406):
+            if response.status_code in (204, 404, 406):
                 self._wado.discard(response, first[0], "retrieve")
-            if response.status_code == 404:
+            if response.status_code in (204, 404):  # as for metadata: nothing there
                 raise NotFound(f"no {ref.level.lower()} with that UID", self.id)
             if response.status_code == 406:
                 raise NotAcceptable(

@@ -849,6 +849,25 @@ def test_bulk_data_uris_take_the_uids_of_lowercase_keys(build: Build) -> None:
     assert data["0020000E"] == {"vr": "UI", "Value": [series]}
 
 
+def test_an_attribute_given_twice_in_different_case_is_an_invalid_answer(build: Build) -> None:
+    """`0020000D` and `0020000d` in one dataset: which one the gateway took would decide the
+    UIDs of its BulkDataURIs and the UIDs it checks; neither is taken."""
+    study = "1.2.3"
+    metadata = [{
+        "0020000D": {"vr": "UI", "Value": ["1.2.3/../../archives/other/dicomweb?x=#"]},
+        "0020000d": {"vr": "UI", "Value": [study]},
+        "0020000E": {"vr": "UI", "Value": ["1.2.3.4"]},
+        "00080018": {"vr": "UI", "Value": ["1.2.3.4.5"]},
+        "7FE00010": {"vr": "OW", "BulkDataURI": "http://upstream/x"},
+    }]
+    route = {f"/dicom-web/studies/{study}": fakes.json_answer(metadata)}
+    with fakes.FakeServer(route) as server:
+        connector = build(none_auth(server.url + "/dicom-web"))
+        with pytest.raises(ConnectorError) as info:
+            connector.retrieve_metadata(ResourceRef(study), GATEWAY_BASE)
+    assert info.value.message == "metadata: upstream sent an invalid answer"
+
+
 @pytest.mark.parametrize("code", [404, 204])
 def test_metadata_not_found(build: Build, code: int) -> None:
     with fakes.FakeServer({"/dicom-web/studies": fakes.status(code)}) as server:
