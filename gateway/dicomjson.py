@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -24,6 +25,47 @@ _NUMBER_STRING_VRS = {"IS", "DS"}
 _BINARY_NUMBER_VRS = {"US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"}
 _BULK_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 _SINGLE_VALUED_TEXT_VRS = {"LT", "ST", "UT", "UR"}  # never split on backslash (PS3.5 6.2)
+#: Every VR of PS3.5 Table 6.2-1.
+_VRS = frozenset(
+    [
+        "AE",
+        "AS",
+        "AT",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "FD",
+        "FL",
+        "IS",
+        "LO",
+        "LT",
+        "OB",
+        "OD",
+        "OF",
+        "OL",
+        "OV",
+        "OW",
+        "PN",
+        "SH",
+        "SL",
+        "SQ",
+        "SS",
+        "ST",
+        "SV",
+        "TM",
+        "UC",
+        "UI",
+        "UL",
+        "UN",
+        "UR",
+        "US",
+        "UT",
+        "UV",
+    ]
+)
+#: A data set's keys, joined: 8 upper-case hex digits each (PS3.18 F.2.1.1.2).
+_TAG_KEYS = re.compile(r"(?:[0-9A-F]{8})*")
 _PIXEL_DATA = 0x7FE00010
 
 
@@ -330,18 +372,24 @@ def normalise(
         keys.sort(key=str.upper)  # most producers send them sorted, in upper case
         if len({k.upper() for k in keys}) != len(keys):
             raise ValueError("an attribute is given twice (keys differing in case only)")
+    if not _TAG_KEYS.fullmatch("".join(keys).upper()):
+        raise ValueError("a key is not a tag (8 hexadecimal digits)")
     for raw_key in keys:
         tag_key = raw_key.upper()
         if tag_key[4:] == "0000" or tag_key == "00080005":
             continue
         attr = data[raw_key]  # shared, not copied: callers give a freshly decoded answer
         vr = attr.get("vr", "UN")
+        if vr not in _VRS:
+            raise ValueError("an attribute has no valid VR")
         if bulk is not None and tag_key == "00081190":
             continue  # after `attr.get`: a malformed attribute is an error, even this one
         if drop_binary and (("Value" not in attr and vr in _BULK_VRS) or "InlineBinary" in attr):
             continue
         value = attr.get("Value")
         if value is not None:
+            if type(value) is not list:
+                raise ValueError("an attribute's Value is not an array")
             if vr == "SQ":
                 items = [
                     normalise(item, drop_binary, bulk, (*path, tag_key, str(i)))

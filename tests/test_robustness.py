@@ -944,7 +944,16 @@ def test_a_truncated_object_is_not_silently_repaired() -> None:
 
 
 @pytest.mark.parametrize(
-    "attribute", ['"00400275": {"vr": "SQ", "Value": ["not an item"]}', '"00081190": 5']
+    "attribute",
+    [
+        '"00400275": {"vr": "SQ", "Value": ["not an item"]}',
+        '"00081190": 5',
+        '"00100010": {"vr": "PN", "Value": "not an array"}',  # PS3.18 F.2.4: an array
+        '"00100010": {"vr": 5}',  # PS3.18 F.2.3: one of the VRs of PS3.5
+        '"00100010": {"vr": "XX"}',
+        '"ZZ": {"vr": "CS"}',  # PS3.18 F.2.1.1.2: 8 hexadecimal digits
+        '"00100010x": {"vr": "PN"}',
+    ],
 )
 def test_malformed_upstream_metadata_is_502(attribute: str) -> None:
     body = (
