@@ -147,9 +147,12 @@ def negotiate_bulk(header: str | None) -> BulkAsk:
     if not (header or "").strip():
         return BulkAsk(False, EXPLICIT_VR_LITTLE_ENDIAN)
     for r in parse_accept(header):
-        multipart = r.mimetype == "multipart/related" and (
-            r.param("type") or "application/octet-stream"
-        ) in ("application/octet-stream", "*/*")
+        part_type = (r.param("type") or "application/octet-stream").lower()
+        multipart = r.mimetype in ("multipart/related", "multipart/*") and part_type in (
+            "application/octet-stream",
+            "application/*",
+            "*/*",
+        )
         if not multipart and r.mimetype not in ("application/octet-stream", "*/*", "application/*"):
             continue
         syntax = r.param("transfer-syntax") or EXPLICIT_VR_LITTLE_ENDIAN

@@ -3,7 +3,7 @@
 import pytest
 
 from gateway.errors import NotAcceptable
-from gateway.negotiation import frame_ranges, negotiate_instances, negotiate_json
+from gateway.negotiation import BulkAsk, frame_ranges, negotiate_bulk, negotiate_instances, negotiate_json
 
 EVRLE = "1.2.840.10008.1.2.1"
 
@@ -110,3 +110,34 @@ def test_json(accept, mimetype):
 def test_json_not_acceptable(accept):
     with pytest.raises(NotAcceptable):
         negotiate_json(accept)
+
+
+@pytest.mark.parametrize(
+    ("accept", "asked"),
+    [
+        (None, BulkAsk(False, EVRLE)),
+        ("*/*", BulkAsk(False, EVRLE)),
+        ("application/octet-stream; transfer-syntax=*", BulkAsk(False, "*")),
+        ('multipart/related; type="application/octet-stream"', BulkAsk(True, EVRLE)),
+        ('multipart/related; type="Application/Octet-Stream"', BulkAsk(True, EVRLE)),  # RFC 2045
+        ("multipart/related; type=application/*", BulkAsk(True, EVRLE)),
+        ("multipart/*", BulkAsk(True, EVRLE)),
+        ('multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2',
+         BulkAsk(True, "1.2.840.10008.1.2")),
+        # a syntax bulk data does not come in is skipped for the next range
+        ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50, */*;q=0.1",
+         BulkAsk(False, EVRLE)),
+    ],
+)
+def test_bulk_negotiation(accept, asked):
+    assert negotiate_bulk(accept) == asked
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["image/jpeg", 'multipart/related; type="image/jpeg"',
+     "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50"],
+)
+def test_bulk_negotiation_refuses(accept):
+    with pytest.raises(NotAcceptable):
+        negotiate_bulk(accept)
