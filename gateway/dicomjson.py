@@ -16,6 +16,7 @@ from typing import Any
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.valuerep import VR
 
 from .query import SERIES_UID, SOP_UID, STUDY_UID, Level, SearchQuery
 
@@ -25,45 +26,8 @@ _NUMBER_STRING_VRS = {"IS", "DS"}
 _BINARY_NUMBER_VRS = {"US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"}
 _BULK_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 _SINGLE_VALUED_TEXT_VRS = {"LT", "ST", "UT", "UR"}  # never split on backslash (PS3.5 6.2)
-#: Every VR of PS3.5 Table 6.2-1.
-_VRS = frozenset(
-    [
-        "AE",
-        "AS",
-        "AT",
-        "CS",
-        "DA",
-        "DS",
-        "DT",
-        "FD",
-        "FL",
-        "IS",
-        "LO",
-        "LT",
-        "OB",
-        "OD",
-        "OF",
-        "OL",
-        "OV",
-        "OW",
-        "PN",
-        "SH",
-        "SL",
-        "SQ",
-        "SS",
-        "ST",
-        "SV",
-        "TM",
-        "UC",
-        "UI",
-        "UL",
-        "UN",
-        "UR",
-        "US",
-        "UT",
-        "UV",
-    ]
-)
+#: Every VR of PS3.5 Table 6.2-1 (pydicom's, without its "US or SS" kind for ambiguous tags).
+_VRS = frozenset(str(vr) for vr in VR if len(vr) == 2)
 #: A data set's keys, joined: 8 upper-case hex digits each (PS3.18 F.2.1.1.2).
 _TAG_KEYS = re.compile(r"(?:[0-9A-F]{8})*")
 _PIXEL_DATA = 0x7FE00010

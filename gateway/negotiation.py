@@ -15,6 +15,7 @@ from .errors import NotAcceptable
 from .query import is_uid
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 DICOM_JSON = "application/dicom+json"
 
 
@@ -127,10 +128,9 @@ def negotiate_instances(header: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(syntaxes))
 
 
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 #: Transfer syntaxes of `application/octet-stream` bulk data (PS3.18 Table 8.7.3-5: Explicit
 #: VR Little Endian is the default), and `*`: as stored.
-BULK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "*")
+BULK_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, "*")
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,6 @@ def negotiate_bulk(header: str | None) -> BulkAsk:
 # -- frames (PS3.18 8.7.3.3, 10.4.1.1.3) -------------------------------------------------------
 
 OCTET_STREAM = "application/octet-stream"
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 #: Compressed Bulkdata media types and their transfer syntaxes (PS3.18 Table 8.7.3-5; the
 #: first one is the table's default).
 FRAME_MEDIA_TYPES: dict[str, tuple[str, ...]] = {

@@ -9,7 +9,7 @@ from flask import Blueprint, Response
 from .. import bulk, transcode
 from ..connectors.base import Part10
 from ..multipart import encode, new_boundary
-from ..negotiation import negotiate_bulk, negotiate_instances, negotiate_json
+from ..negotiation import NATIVE_LITTLE_ENDIAN, negotiate_bulk, negotiate_instances, negotiate_json
 from ..web import (
     accept,
     connector_ids,
@@ -22,8 +22,6 @@ from ..web import (
 
 bp = Blueprint("wado", __name__)
 PIXEL_DATA = 0x7FE00010
-#: Explicit and Implicit VR Little Endian, Deflated Explicit VR Little Endian
-NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99")
 
 
 def _parts(stream: Iterator[Part10]) -> Iterator[tuple[str, bytes]]:
