@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import redis
 
@@ -47,7 +48,7 @@ class Counting:
     def __init__(self, inner: Connector, delay: float = 0.0) -> None:
         self.inner, self.id, self.capabilities = inner, inner.id, inner.capabilities
         self.delay, self.fail = delay, 0
-        self.searches = self.metadata = 0
+        self.searches = self.metadata = self.retrievals = 0
         self._lock = threading.Lock()
 
     def _count(self, what: str) -> None:
@@ -67,6 +68,7 @@ class Counting:
         return self.inner.retrieve_metadata(ref, bulk_base)
 
     def retrieve_instances(self, ref: ResourceRef, ts: str) -> Generator[Part10, None, None]:
+        self._count("retrievals")
         return self.inner.retrieve_instances(ref, ts)
 
     def check(self) -> None:
@@ -205,6 +207,25 @@ def test_redis_shares_entries_between_processes(demo: Connector, prefix: str) ->
     assert (inner_a.searches, inner_b.searches) == (1, 0)
     ttl = client.pttl(next(iter(client.scan_iter(match=f"{prefix}:demo:search:*"))))
     assert 0 < ttl <= 60_000
+
+
+def test_pixel_data_never_enters_the_cache(demo: Connector, prefix: str) -> None:
+    """Retrievals go to the archive every time and leave nothing in Redis; the metadata
+    entry of the same series holds the pixel data's BulkDataURI, not its bytes."""
+    client = redis.Redis.from_url(REDIS_URL)
+    inner = Counting(demo)
+    cache = CachedConnector(inner, RedisNamespace(client, f"{prefix}:demo", 60), Flights(), wait=10)
+    series = ResourceRef(CT["StudyInstanceUID"], CT["SeriesInstanceUID"])
+    pixels = pydicom.dcmread(CT["path"]).PixelData
+    for _ in range(2):
+        (part,) = list(cache.retrieve_instances(series, "*"))
+        assert part.data == CT["path"].read_bytes()
+    assert inner.retrievals == 2
+    assert list(client.scan_iter(match=f"{prefix}:*")) == []
+    (data,) = cache.retrieve_metadata(series, BASE)
+    assert "BulkDataURI" in data["7FE00010"]
+    stored = [client.get(k) for k in client.scan_iter(match=f"{prefix}:*")]
+    assert stored and not any(pixels[:4096] in value for value in stored if value)
 
 
 def test_a_dead_redis_is_a_miss_not_an_error(demo: Connector, caplog: pytest.LogCaptureFixture) -> None:
